@@ -1,0 +1,40 @@
+"""The ``offtune`` command: a click group whose subcommands live one module per group."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+from rich.console import Console
+
+from offtune.errors import OfftuneError
+
+err_console = Console(stderr=True)
+
+
+class OfftuneGroup(click.Group):
+    """Turns user mistakes (``OfftuneError``) into one red line and exit code 2, never a traceback."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except OfftuneError as error:
+            err_console.print(f"[bold red]error:[/] {error}", highlight=False)
+            sys.exit(2)
+
+
+@click.group(cls=OfftuneGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="offtune")
+def cli() -> None:
+    """Offline-to-online RL: pretrain (IQL, SPOT, MISA), fine-tune online, report, export to SB3."""
+
+
+def _register() -> None:
+    from offtune.cli import dataset
+
+    cli.add_command(dataset.dataset)
+
+
+def main() -> None:
+    _register()
+    cli()
