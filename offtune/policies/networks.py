@@ -1,0 +1,136 @@
+"""Shared building blocks: plain MLPs, an ensemble MLP that runs twin critics as one batched network,
+and Polyak averaging done with fused foreach kernels.
+
+Networks are ``nn.Sequential`` of ``Linear``/activation (or ``EnsembleLinear``) so that exporters can
+walk them layer by layer.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "elu": nn.ELU, "tanh": nn.Tanh}
+
+
+def mlp(
+    in_dim: int,
+    hidden: Sequence[int],
+    out_dim: int,
+    activation: str = "relu",
+    layer_norm: bool = False,
+    dropout: float = 0.0,
+    dropout_before_activation: bool = False,
+) -> nn.Sequential:
+    """Linear -> [LayerNorm] -> activation (-> Dropout) per hidden layer, then a Linear head."""
+    layers: list[nn.Module] = []
+    width = in_dim
+    for size in hidden:
+        layers.append(nn.Linear(width, size))
+        if layer_norm:
+            layers.append(nn.LayerNorm(size))
+        if dropout > 0 and dropout_before_activation:
+            layers.append(nn.Dropout(dropout))
+        layers.append(ACTIVATIONS[activation]())
+        if dropout > 0 and not dropout_before_activation:
+            layers.append(nn.Dropout(dropout))
+        width = size
+    layers.append(nn.Linear(width, out_dim))
+    return nn.Sequential(*layers)
+
+
+class EnsembleLinear(nn.Module):
+    """``members`` independent linear layers applied as one batched matmul.
+
+    Input ``(members, batch, in)`` or ``(batch, in)`` (broadcast to every member); output
+    ``(members, batch, out)``. Each member is initialised like ``nn.Linear``.
+    """
+
+    def __init__(self, members: int, in_dim: int, out_dim: int) -> None:
+        super().__init__()
+        self.members, self.in_dim, self.out_dim = members, in_dim, out_dim
+        self.weight = nn.Parameter(torch.empty(members, in_dim, out_dim))
+        self.bias = nn.Parameter(torch.empty(members, 1, out_dim))
+        bound = 1.0 / math.sqrt(in_dim)
+        nn.init.uniform_(self.weight, -bound, bound)
+        nn.init.uniform_(self.bias, -bound, bound)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() == 2:
+            x = x.unsqueeze(0).expand(self.members, -1, -1)
+        return torch.baddbmm(self.bias, x, self.weight)
+
+    def extra_repr(self) -> str:
+        return f"members={self.members}, in_dim={self.in_dim}, out_dim={self.out_dim}"
+
+
+class EnsembleLayerNorm(nn.Module):
+    """LayerNorm with separate affine parameters per ensemble member."""
+
+    def __init__(self, members: int, size: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(members, 1, size))
+        self.bias = nn.Parameter(torch.zeros(members, 1, size))
+        self.size = size
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.layer_norm(x, (self.size,)) * self.weight + self.bias
+
+
+def ensemble_mlp(
+    members: int,
+    in_dim: int,
+    hidden: Sequence[int],
+    out_dim: int,
+    activation: str = "relu",
+    layer_norm: bool = False,
+) -> nn.Sequential:
+    """An MLP of ``members`` independent copies evaluated together: ``(batch, in) -> (members, batch, out)``."""
+    layers: list[nn.Module] = []
+    width = in_dim
+    for size in hidden:
+        layers.append(EnsembleLinear(members, width, size))
+        if layer_norm:
+            layers.append(EnsembleLayerNorm(members, size))
+        layers.append(ACTIVATIONS[activation]())
+        width = size
+    layers.append(EnsembleLinear(members, width, out_dim))
+    return nn.Sequential(*layers)
+
+
+class Critic(nn.Module):
+    """Q(s, a) for ``members`` critics at once: returns ``(members, batch)``."""
+
+    def __init__(
+        self,
+        obs_dim: int,
+        action_dim: int,
+        hidden: Sequence[int] = (256, 256),
+        members: int = 2,
+        activation: str = "relu",
+        layer_norm: bool = False,
+    ) -> None:
+        super().__init__()
+        self.net = ensemble_mlp(members, obs_dim + action_dim, hidden, 1, activation, layer_norm)
+
+    def forward(self, observations: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        inputs = torch.cat([observations, actions], dim=-1)
+        return self.net(inputs).squeeze(-1)
+
+
+@torch.no_grad()
+def soft_update(target: nn.Module, source: nn.Module, tau: float) -> None:
+    """Polyak averaging target <- tau * source + (1 - tau) * target, one fused kernel per dtype."""
+    target_params = list(target.parameters())
+    source_params = list(source.parameters())
+    torch._foreach_lerp_(target_params, source_params, tau)
+
+
+def adam(params, lr: float) -> torch.optim.Adam:
+    """Adam with the fastest kernel the device offers (fused on CUDA, foreach elsewhere)."""
+    params = list(params)
+    fused = bool(params) and params[0].is_cuda
+    return torch.optim.Adam(params, lr=lr, fused=fused, foreach=not fused)
