@@ -1,0 +1,74 @@
+"""One ``.pt`` file that is enough to evaluate, fine-tune, export or resume a run.
+
+The file is a plain dict of tensors and JSON-able values, so ``torch.load(path, weights_only=True)``
+opens it without running any code from the file. It is written to a temporary file beside the target
+and renamed, so a crash never leaves a half-written checkpoint under the real name.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from offtune.errors import OfftuneError
+
+FORMAT = "offtune-checkpoint"
+VERSION = 1
+REQUIRED_KEYS = ("algo", "config", "dataset", "normalizer", "reward_transform", "agent")
+
+
+def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> Path:
+    """Atomically write ``payload`` (plus the format tag) to ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = {"format": FORMAT, "version": VERSION, **payload}
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            torch.save(data, stream)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Read and validate a checkpoint; every way it can be wrong becomes one clear ``OfftuneError``."""
+    path = Path(path)
+    if path.is_dir():
+        candidate = path / "checkpoints" / "final.pt"
+        if not candidate.exists():
+            candidate = path / "checkpoints" / "last.pt"
+        if not candidate.exists():
+            raise OfftuneError(f"{path} is a directory without checkpoints/final.pt or checkpoints/last.pt")
+        path = candidate
+    if not path.exists():
+        raise OfftuneError(f"checkpoint {path} does not exist")
+    try:
+        data = torch.load(path, map_location=map_location, weights_only=True)
+    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, OSError, ValueError) as error:
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise OfftuneError(
+            f"{path} is not a readable checkpoint (truncated, corrupt or not a torch file): {reason}"
+        ) from None
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise OfftuneError(f"{path} is a torch file but not an offtune checkpoint (no '{FORMAT}' tag)")
+    if data.get("version", 0) > VERSION:
+        raise OfftuneError(
+            f"{path} was written by a newer offtune (checkpoint version {data['version']} > {VERSION}); "
+            "upgrade offtune to read it"
+        )
+    missing = [key for key in REQUIRED_KEYS if key not in data]
+    if missing:
+        raise OfftuneError(f"{path} is an incomplete offtune checkpoint: missing {', '.join(missing)}")
+    data["path"] = str(path)
+    return data
