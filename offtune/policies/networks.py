@@ -8,7 +8,8 @@ walk them layer by layer.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 import torch
 from torch import nn
@@ -134,3 +135,46 @@ def adam(params, lr: float) -> torch.optim.Adam:
     params = list(params)
     fused = bool(params) and params[0].is_cuda
     return torch.optim.Adam(params, lr=lr, fused=fused, foreach=not fused)
+
+
+def _layers(net: nn.Module) -> list[nn.Module]:
+    return [m for m in net.modules() if isinstance(m, (nn.Linear, EnsembleLinear))]
+
+
+@torch.no_grad()
+def orthogonal_init_(net: nn.Module, gain: float = math.sqrt(2.0)) -> None:
+    """Orthogonal kernels (per ensemble member) and zero biases, like Flax's ``orthogonal(gain)`` Dense."""
+    for layer in _layers(net):
+        if isinstance(layer, EnsembleLinear):
+            for member in range(layer.members):
+                nn.init.orthogonal_(layer.weight[member], gain)
+        else:
+            nn.init.orthogonal_(layer.weight, gain)
+        nn.init.zeros_(layer.bias)
+
+
+@torch.no_grad()
+def uniform_head_init_(net: nn.Module, bound: float) -> None:
+    """Weights and bias of the last linear layer drawn from U(-bound, bound) (TD3-style small heads)."""
+    head = _layers(net)[-1]
+    nn.init.uniform_(head.weight, -bound, bound)
+    nn.init.uniform_(head.bias, -bound, bound)
+
+
+def gaussian_log_prob(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor | float) -> torch.Tensor:
+    """Elementwise log N(x; mean, std²), without ``torch.distributions``' validation (it syncs the host)."""
+    log_std = math.log(std) if isinstance(std, float) else torch.log(std)
+    return -0.5 * ((x - mean) / std) ** 2 - log_std - 0.5 * math.log(2.0 * math.pi)
+
+
+@contextmanager
+def eval_mode(*modules: nn.Module) -> Iterator[None]:
+    """Switch dropout off while acting, then restore each module's previous mode."""
+    previous = [m.training for m in modules]
+    for module in modules:
+        module.eval()
+    try:
+        yield
+    finally:
+        for module, mode in zip(modules, previous, strict=True):
+            module.train(mode)
