@@ -30,9 +30,11 @@ def cli() -> None:
 
 
 def _register() -> None:
-    from offtune.cli import dataset
+    from offtune.cli import dataset, train
 
     cli.add_command(dataset.dataset)
+    for command in (train.pretrain, train.finetune, train.evaluate):
+        cli.add_command(command)
 
 
 def main() -> None:

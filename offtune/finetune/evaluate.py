@@ -11,6 +11,7 @@ from offtune.finetune.envs import make_env
 
 from offtune.buffers.datasets import DatasetInfo
 from offtune.buffers.transforms import Normalizer
+from offtune.errors import OfftuneError
 
 
 @dataclass
@@ -68,6 +69,16 @@ def from_env_actions(actions: np.ndarray, info: DatasetInfo) -> np.ndarray:
     return (2.0 * (actions - low) / (high - low) - 1.0).astype(np.float32)
 
 
+def check_observation_size(envs: gym.vector.VectorEnv, info: DatasetInfo) -> None:
+    """A checkpoint trained on another observation layout must not be run on this env."""
+    size = int(np.prod(envs.single_observation_space.shape))
+    if size != info.obs_dim:
+        raise OfftuneError(
+            f"the checkpoint expects observations of size {info.obs_dim}, but the environment of {info.name} "
+            f"gives {size}"
+        )
+
+
 def episode_success(final_info: dict, episode_return: float) -> bool:
     if "success" in final_info:
         return bool(final_info["success"])
@@ -91,6 +102,7 @@ def evaluate(
     num_envs = max(1, min(episodes, max_parallel))
     quotas = [episodes // num_envs + (1 if i < episodes % num_envs else 0) for i in range(num_envs)]
     envs = make_vector_env(info, num_envs)
+    check_observation_size(envs, info)
     result = Evaluation([], [], [], [])
     try:
         observations, _ = envs.reset(seed=[seed + i for i in range(num_envs)])

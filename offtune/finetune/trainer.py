@@ -25,7 +25,13 @@ from offtune.buffers.datasets import DatasetInfo, OfflineData
 from offtune.buffers.replay import Batch, ReplayBuffer
 from offtune.buffers.transforms import Normalizer, RewardTransform, reward_transform
 from offtune.errors import OfftuneError, suggest
-from offtune.finetune.evaluate import evaluate, from_env_actions, make_vector_env, to_env_actions
+from offtune.finetune.evaluate import (
+    check_observation_size,
+    evaluate,
+    from_env_actions,
+    make_vector_env,
+    to_env_actions,
+)
 from offtune.finetune.scores import RunDirectory
 from offtune.policies import ALGORITHMS
 from offtune.policies.checkpoint import load_checkpoint, save_checkpoint
@@ -441,6 +447,7 @@ def finetune(
         run.set_scores(before=run_evaluation(0))
 
     envs = make_vector_env(info, num_envs)
+    check_observation_size(envs, info)
     observations, _ = envs.reset(seed=[seed + i for i in range(num_envs)])
     episode_return = np.zeros(num_envs)
     updates_per_step = utd * num_envs

@@ -11,11 +11,14 @@ import os
 import pickle
 import tempfile
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from offtune.buffers.datasets import DatasetInfo
+from offtune.buffers.transforms import Normalizer
 from offtune.errors import OfftuneError
 
 FORMAT = "offtune-checkpoint"
@@ -72,3 +75,41 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise OfftuneError(f"{path} is an incomplete offtune checkpoint: missing {', '.join(missing)}")
     data["path"] = str(path)
     return data
+
+
+@dataclass
+class LoadedAgent:
+    """An agent rebuilt from a checkpoint, with what is needed to feed it raw env observations."""
+
+    agent: Any
+    algo: str
+    config: Any
+    info: DatasetInfo
+    normalizer: Normalizer
+    device: torch.device
+    step: int
+    path: str
+    checkpoint: dict[str, Any]
+
+
+def load_agent(path: str | Path, device: str | torch.device = "cpu") -> LoadedAgent:
+    """Rebuild the agent of a checkpoint on ``device`` ("auto" picks CUDA when there is one)."""
+    from offtune.policies import ALGORITHMS
+    from offtune.policies.config import config_from_dict
+
+    if str(device) == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(device)
+    data = load_checkpoint(path, map_location=device)
+    if data["algo"] not in ALGORITHMS:
+        raise OfftuneError(f"{data['path']} was made by algorithm '{data['algo']}', which this offtune lacks")
+    config_cls, agent_cls = ALGORITHMS[data["algo"]]
+    try:
+        info = DatasetInfo.from_dict(data["dataset"])
+        config = config_from_dict(config_cls, data["config"])
+        agent = agent_cls(info.obs_dim, info.action_dim, config, device)
+        agent.load_state_dict(data["agent"])
+    except (KeyError, TypeError, RuntimeError) as error:
+        raise OfftuneError(f"{data['path']} does not fit {data['algo']}'s networks: {error}") from None
+    return LoadedAgent(agent, data["algo"], config, info, Normalizer.from_dict(data["normalizer"]), device,
+                       data.get("step", 0), data["path"], data)

@@ -1,0 +1,126 @@
+"""``offtune pretrain``, ``offtune finetune`` and ``offtune evaluate``: thin skins over offtune.finetune."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from offtune.cli.display import RichProgress, before_after_table, console, err_console, evaluations_table
+from offtune.finetune import trainer
+from offtune.finetune.evaluate import evaluate as run_evaluation
+from offtune.finetune.scores import LOGGERS
+from offtune.policies.checkpoint import load_agent
+from offtune.policies.config import parse_assignments
+
+DEVICE = click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+SEED = click.option("--seed", default=0, show_default=True, type=int)
+SETS = click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override any config field.")
+LOGGER = click.option("--logger", type=click.Choice(LOGGERS), default=None, help="Also send metrics there.")
+
+
+def _interrupted(error: trainer.Interrupted) -> None:
+    err_console.print(f"[yellow]{error}[/]; continue with --resume {error.checkpoint.parent.parent}")
+    sys.exit(130)
+
+
+@click.command()
+@click.argument("algo")
+@click.argument("dataset", required=False)
+@click.option("--steps", default=1_000_000, show_default=True, type=int, help="Actor-critic updates.")
+@SEED
+@DEVICE
+@click.option("--batch-size", type=int, default=None, help="Default: the algorithm's (256).")
+@click.option("--eval-every", type=int, default=None, help="Updates between evaluations (default 50k).")
+@click.option("--eval-episodes", type=int, default=None, help="Default: 100 on AntMaze, 10 elsewhere.")
+@click.option("--task-mode", type=click.Choice(["d4rl", "goal"]), default=None, help="Maze task (default d4rl).")
+@click.option("--out", type=click.Path(file_okay=False), default=None, help="The run directory itself.")
+@SETS
+@click.option("--config", "config_file", type=click.Path(dir_okay=False), default=None, help="YAML of settings.")
+@LOGGER
+@click.option("--resume", type=click.Path(file_okay=False), default=None, help="Continue an interrupted run.")
+@click.option("--download", is_flag=True, help="Download the dataset if it is not local.")
+def pretrain(algo, dataset, steps, seed, device, batch_size, eval_every, eval_episodes, task_mode, out, sets,
+             config_file, logger, resume, download) -> None:
+    """Pretrain ALGO (iql, spot, misa) offline on DATASET (a D4RL name or a Minari id)."""
+    if dataset is None and resume is None:
+        raise click.UsageError("DATASET is required unless --resume is given")
+    try:
+        with RichProgress() as progress:
+            result = trainer.pretrain(
+                algo, dataset, steps=steps, seed=seed, device=device, batch_size=batch_size,
+                eval_every=eval_every, eval_episodes=eval_episodes, task_mode=task_mode, out=out,
+                overrides=parse_assignments(sets), config_file=config_file, logger=logger, resume=resume,
+                download=download, progress=progress,
+            )
+    except trainer.Interrupted as error:
+        _interrupted(error)
+    console.print(evaluations_table(f"{algo.upper()} offline on {dataset or resume}", result.evaluations,
+                                    result.scores.get("rule", "")))
+    console.print(f"checkpoint: [bold]{result.checkpoint}[/]")
+
+
+@click.command()
+@click.argument("checkpoint", type=click.Path(), required=False)
+@click.option("--steps", default=1_000_000, show_default=True, type=int, help="Online env steps.")
+@click.option("--utd", default=1, show_default=True, type=int, help="Updates per env step.")
+@click.option("--num-envs", default=1, show_default=True, type=int, help="Envs stepped together.")
+@click.option("--mix", type=click.Choice(["append", "ratio"]), default="append", show_default=True,
+              help="append: one pool sampled uniformly (official); ratio: a fixed online share per batch.")
+@click.option("--online-ratio", type=float, default=None, help="Online share of each batch (implies --mix ratio).")
+@click.option("--buffer-size", type=int, default=None, help="Online capacity (default: --steps, never overwrite).")
+@click.option("--eval-every", type=int, default=None, help="Env steps between evaluations (default 50k).")
+@click.option("--eval-episodes", type=int, default=None, help="Default: 100 on AntMaze, 10 elsewhere.")
+@SEED
+@DEVICE
+@click.option("--out", type=click.Path(file_okay=False), default=None, help="The run directory itself.")
+@SETS
+@LOGGER
+@click.option("--resume", type=click.Path(file_okay=False), default=None, help="Continue an interrupted run.")
+@click.option("--download", is_flag=True, help="Download the dataset if it is not local.")
+def finetune(checkpoint, steps, utd, num_envs, mix, online_ratio, buffer_size, eval_every, eval_episodes, seed,
+             device, out, sets, logger, resume, download) -> None:
+    """Fine-tune CHECKPOINT online in the live environment of its dataset."""
+    if checkpoint is None and resume is None:
+        raise click.UsageError("CHECKPOINT is required unless --resume is given")
+    if mix == "ratio" and online_ratio is None:
+        online_ratio = 0.5
+    if online_ratio is not None and not 0.0 <= online_ratio <= 1.0:
+        raise click.BadParameter("must be between 0 and 1", param_hint="--online-ratio")
+    try:
+        with RichProgress() as progress:
+            result = trainer.finetune(
+                checkpoint, steps=steps, utd=utd, num_envs=num_envs, online_ratio=online_ratio,
+                buffer_size=buffer_size, eval_every=eval_every, eval_episodes=eval_episodes, seed=seed,
+                device=device, out=out, overrides=parse_assignments(sets), logger=logger, resume=resume,
+                download=download, progress=progress,
+            )
+    except trainer.Interrupted as error:
+        _interrupted(error)
+    config = json.loads((result.run_dir / "config.json").read_text())
+    console.print(before_after_table("offline → online", config["run"]["dataset"], config["run"]["algo"],
+                                     result.scores))
+    console.print(f"report: {result.run_dir / 'report.md'}\ncheckpoint: [bold]{result.checkpoint}[/]")
+
+
+@click.command()
+@click.argument("checkpoint", type=click.Path())
+@click.option("--episodes", default=None, type=int, help="Default: 100 on AntMaze, 10 elsewhere.")
+@SEED
+@DEVICE
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for machines.")
+def evaluate(checkpoint, episodes, seed, device, as_json) -> None:
+    """Evaluate CHECKPOINT deterministically on its dataset's evaluation env."""
+    loaded = load_agent(checkpoint, device)
+    episodes = episodes or trainer.default_eval_episodes(loaded.info)
+    result = run_evaluation(loaded.agent, loaded.info, loaded.normalizer, episodes, seed, loaded.device)
+    summary = {"checkpoint": str(Path(loaded.path)), "dataset": loaded.info.name, "algo": loaded.algo,
+               "rule": loaded.info.score_rule.describe(), "seed": seed, **result.summary(),
+               "returns": result.returns}
+    if as_json:
+        click.echo(json.dumps(summary))
+        return
+    entry = {"phase": "evaluate", "step": loaded.step, **result.summary()}
+    console.print(evaluations_table(f"{loaded.algo.upper()} on {loaded.info.name}", [entry], summary["rule"]))
