@@ -8,9 +8,7 @@ and renamed, so a crash never leaves a half-written checkpoint under the real na
 from __future__ import annotations
 
 import os
-import pickle
 import tempfile
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -58,7 +56,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise OfftuneError(f"checkpoint {path} does not exist")
     try:
         data = torch.load(path, map_location=map_location, weights_only=True)
-    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, OSError, ValueError) as error:
+    except Exception as error:  # any failure to unpickle means the file is not a usable checkpoint
         reason = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise OfftuneError(
             f"{path} is not a readable checkpoint (truncated, corrupt or not a torch file): {reason}"

@@ -1,0 +1,64 @@
+from dataclasses import dataclass
+
+import pytest
+import torch
+
+from offtune.errors import OfftuneError
+from offtune.policies.checkpoint import load_checkpoint, save_checkpoint
+from offtune.policies.config import apply_overrides, config_from_dict, config_to_dict, parse_assignments
+
+
+@dataclass
+class ToyConfig:
+    learning_rate: float = 3e-4
+    hidden_dims: tuple[int, ...] = (256, 256)
+    online_discount: float | None = None
+    use_layer_norm: bool = False
+    steps: int = 10
+
+
+def test_overrides_are_typed():
+    config = apply_overrides(ToyConfig(), parse_assignments(
+        ["learning_rate=1e-3", "hidden_dims=64,64", "online_discount=0.995", "use_layer_norm=true", "steps=1e3"]
+    ))
+    assert config == ToyConfig(1e-3, (64, 64), 0.995, True, 1000)
+    assert config_from_dict(ToyConfig, config_to_dict(config)) == config
+
+
+def test_unknown_key_suggests_and_bad_value_names_the_type():
+    with pytest.raises(OfftuneError, match="Did you mean: learning_rate"):
+        apply_overrides(ToyConfig(), {"learning_rat": "1"})
+    with pytest.raises(OfftuneError, match="expected a value of type float"):
+        apply_overrides(ToyConfig(), {"learning_rate": "fast"})
+    with pytest.raises(OfftuneError, match="key=value"):
+        parse_assignments(["learning_rate"])
+
+
+def minimal_payload() -> dict:
+    return {"algo": "iql", "config": {}, "dataset": {}, "normalizer": {}, "reward_transform": {},
+            "agent": {"w": torch.ones(3)}}
+
+
+def test_checkpoint_round_trip_with_weights_only(tmp_path):
+    path = save_checkpoint(tmp_path / "a" / "final.pt", minimal_payload())
+    assert torch.load(path, weights_only=True)["format"] == "offtune-checkpoint"
+    assert torch.equal(load_checkpoint(path)["agent"]["w"], torch.ones(3))
+    assert [p.name for p in path.parent.iterdir()] == ["final.pt"]
+
+
+def test_wrong_files_get_clear_errors(tmp_path):
+    with pytest.raises(OfftuneError, match="does not exist"):
+        load_checkpoint(tmp_path / "missing.pt")
+    path = save_checkpoint(tmp_path / "good.pt", minimal_payload())
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(path.read_bytes()[:200])
+    with pytest.raises(OfftuneError, match="truncated"):
+        load_checkpoint(truncated)
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"state_dict": torch.zeros(1)}, foreign)
+    with pytest.raises(OfftuneError, match="not an offtune checkpoint"):
+        load_checkpoint(foreign)
+    text = tmp_path / "text.pt"
+    text.write_text("hello")
+    with pytest.raises(OfftuneError, match="not a readable checkpoint"):
+        load_checkpoint(text)
