@@ -30,10 +30,10 @@ def cli() -> None:
 
 
 def _register() -> None:
-    from offtune.cli import dataset, train
+    from offtune.cli import dataset, report, train
 
     cli.add_command(dataset.dataset)
-    for command in (train.pretrain, train.finetune, train.evaluate):
+    for command in (train.pretrain, train.finetune, train.evaluate, report.report, report.plot):
         cli.add_command(command)
 
 

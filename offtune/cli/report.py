@@ -1,0 +1,37 @@
+"""``offtune report`` and ``offtune plot``: many run directories, one table or one figure."""
+
+from __future__ import annotations
+
+import click
+from rich.table import Table
+
+from offtune.cli.display import console
+from offtune.finetune import report as reports
+
+
+@click.command()
+@click.argument("runs", nargs=-1, required=True, type=click.Path())
+@click.option("--format", "fmt", type=click.Choice(["table", "markdown", "csv", "json"]), default="table",
+              show_default=True)
+def report(runs, fmt) -> None:
+    """Aggregate RUNS (run directories or folders of them): datasets x algorithms, mean ± std over seeds."""
+    if fmt != "table":
+        click.echo(reports.render(list(runs), fmt), nl=False)
+        return
+    header, rows, rules = reports.table_rows(list(runs))
+    table = Table(title="offline → online", caption=f"score rule: {'; '.join(rules)}; mean ± std over seeds")
+    for column in header:
+        table.add_column(column)
+    for row in rows[:-1]:
+        table.add_row(*row)
+    table.add_row(*rows[-1], style="bold")
+    console.print(table)
+
+
+@click.command()
+@click.argument("runs", nargs=-1, required=True, type=click.Path())
+@click.option("-o", "--output", default="curves.png", show_default=True, type=click.Path(dir_okay=False))
+def plot(runs, output) -> None:
+    """Draw score against step (offline, then online) for RUNS, with a band over seeds."""
+    path = reports.plot(list(runs), output)
+    console.print(f"wrote {path}")

@@ -1,0 +1,196 @@
+"""Aggregate run directories into the papers' layout and draw learning curves.
+
+One row per dataset, one column per algorithm (or sweep label), each cell ``before → after`` as mean ± std
+over seeds (pretraining-only runs show their final offline score), and a total row of the means.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from offtune.errors import OfftuneError
+
+
+@dataclass
+class RunRecord:
+    path: Path
+    dataset: str
+    column: str
+    seed: int
+    rule: str
+    before: float | None
+    after: float
+    evaluations: list[dict[str, Any]]
+    regret: float | None = None
+
+
+@dataclass
+class Cell:
+    before: list[float] = field(default_factory=list)
+    after: list[float] = field(default_factory=list)
+    regret: list[float] = field(default_factory=list)
+
+    def text(self) -> str:
+        after = f"{np.mean(self.after):.1f} ± {np.std(self.after):.1f}"
+        if not self.before:
+            return after
+        return f"{np.mean(self.before):.1f} ± {np.std(self.before):.1f} → {after}"
+
+
+def find_runs(paths: list[str | Path]) -> list[Path]:
+    """Run directories under ``paths`` (a run directory itself, or any folder above run directories)."""
+    found: list[Path] = []
+    for raw in paths:
+        path = Path(raw)
+        if not path.exists():
+            raise OfftuneError(f"{path} does not exist")
+        if (path / "scores.json").exists():
+            found.append(path)
+        else:
+            found.extend(sorted(p.parent for p in path.rglob("scores.json")))
+    runs = [p for p in dict.fromkeys(found) if (p / "config.json").exists()]
+    if not runs:
+        raise OfftuneError(f"no run directories (with scores.json and config.json) under {', '.join(map(str, paths))}")
+    return runs
+
+
+def read_run(path: Path) -> RunRecord | None:
+    """A run's final numbers, or None when it has no evaluation yet."""
+    config = json.loads((path / "config.json").read_text())
+    scores = json.loads((path / "scores.json").read_text())
+    run = config["run"]
+    evaluations = scores.get("evaluations", [])
+    if not evaluations:
+        return None
+    if "after" in scores:
+        before, after = scores["before"]["score"], scores["after"]["score"]
+    else:
+        before, after = None, evaluations[-1]["score"]
+    return RunRecord(path, run["dataset"], run.get("label", run["algo"]), run["seed"], scores.get("rule", ""),
+                     before, after, evaluations, scores.get("regret"))
+
+
+def aggregate(paths: list[str | Path]) -> tuple[list[str], list[str], dict[tuple[str, str], Cell], list[str]]:
+    """(datasets, columns, cells, score rules) over every finished run under ``paths``."""
+    cells: dict[tuple[str, str], Cell] = defaultdict(Cell)
+    rules: set[str] = set()
+    for path in find_runs(paths):
+        record = read_run(path)
+        if record is None:
+            continue
+        cell = cells[(record.dataset, record.column)]
+        cell.after.append(record.after)
+        if record.before is not None:
+            cell.before.append(record.before)
+        if record.regret is not None:
+            cell.regret.append(record.regret)
+        rules.add(record.rule)
+    datasets = sorted({d for d, _ in cells})
+    columns = sorted({c for _, c in cells})
+    return datasets, columns, dict(cells), sorted(rules)
+
+
+def total_text(cells: dict[tuple[str, str], Cell], datasets: list[str], column: str) -> str:
+    present = [cells[(d, column)] for d in datasets if (d, column) in cells]
+    after = sum(float(np.mean(c.after)) for c in present)
+    if present and all(c.before for c in present):
+        before = sum(float(np.mean(c.before)) for c in present)
+        return f"{before:.1f} → {after:.1f}"
+    return f"{after:.1f}"
+
+
+def table_rows(paths: list[str | Path]) -> tuple[list[str], list[list[str]], list[str]]:
+    """Header, rows (datasets then 'total') and the score rules, ready for any output format."""
+    datasets, columns, cells, rules = aggregate(paths)
+    header = ["dataset", *columns]
+    rows = [[d, *[cells[(d, c)].text() if (d, c) in cells else "-" for c in columns]] for d in datasets]
+    rows.append(["total", *[total_text(cells, datasets, c) for c in columns]])
+    return header, rows, rules
+
+
+def render(paths: list[str | Path], fmt: str) -> str:
+    """The report as markdown, csv or json text."""
+    header, rows, rules = table_rows(paths)
+    if fmt == "markdown":
+        lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        lines += ["| " + " | ".join(row) + " |" for row in rows]
+        lines += ["", f"Score rule: {'; '.join(rules)}. Cells: mean ± std over seeds, before → after fine-tuning."]
+        return "\n".join(lines) + "\n"
+    if fmt == "csv":
+        stream = io.StringIO()
+        writer = csv.writer(stream)
+        writer.writerow(header)
+        writer.writerows(rows)
+        return stream.getvalue()
+    if fmt == "json":
+        datasets, columns, cells, rules = aggregate(paths)
+        data = {
+            "rules": rules,
+            "cells": [
+                {"dataset": d, "column": c, "seeds": len(cell.after), "after_mean": float(np.mean(cell.after)),
+                 "after_std": float(np.std(cell.after)),
+                 "before_mean": float(np.mean(cell.before)) if cell.before else None,
+                 "before_std": float(np.std(cell.before)) if cell.before else None,
+                 "regret_mean": float(np.mean(cell.regret)) if cell.regret else None}
+                for (d, c), cell in sorted(cells.items())
+            ],
+        }
+        return json.dumps(data, indent=2) + "\n"
+    raise OfftuneError(f"unknown format '{fmt}'")
+
+
+def curves(paths: list[str | Path]) -> dict[tuple[str, str], list[tuple[np.ndarray, np.ndarray]]]:
+    """Per (dataset, column): each seed's (x, score) where online steps follow the offline steps."""
+    result: dict[tuple[str, str], list[tuple[np.ndarray, np.ndarray]]] = defaultdict(list)
+    for path in find_runs(paths):
+        record = read_run(path)
+        if record is None:
+            continue
+        offline = [e for e in record.evaluations if e["phase"] == "offline"]
+        online = [e for e in record.evaluations if e["phase"] == "online"]
+        offset = max((e["step"] for e in offline), default=0)
+        xs = [e["step"] for e in offline] + [offset + e["step"] for e in online]
+        ys = [e["score"] for e in offline] + [e["score"] for e in online]
+        result[(record.dataset, record.column)].append((np.asarray(xs), np.asarray(ys)))
+    return dict(result)
+
+
+def plot(paths: list[str | Path], output: str | Path) -> Path:
+    """Score against step, one line per (dataset, algorithm), with a band of ± std over seeds."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups = curves(paths)
+    if not groups:
+        raise OfftuneError("no evaluations to plot yet")
+    datasets = sorted({d for d, _ in groups})
+    figure, axes = plt.subplots(1, len(datasets), figsize=(5 * len(datasets), 3.6), squeeze=False)
+    for axis, dataset in zip(axes[0], datasets, strict=True):
+        for (name, column), seeds in sorted(groups.items()):
+            if name != dataset:
+                continue
+            grid = np.unique(np.concatenate([x for x, _ in seeds]))
+            values = np.stack([np.interp(grid, x, y) for x, y in seeds])
+            mean, std = values.mean(0), values.std(0)
+            axis.plot(grid, mean, label=f"{column} ({len(seeds)} seeds)")
+            axis.fill_between(grid, mean - std, mean + std, alpha=0.2)
+        axis.set_title(dataset)
+        axis.set_xlabel("step (offline updates, then online env steps)")
+        axis.set_ylabel("score")
+        axis.legend()
+    figure.tight_layout()
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(output, dpi=120)
+    plt.close(figure)
+    return output
