@@ -1,0 +1,11 @@
+"""The algorithms: each name maps to its config dataclass and its agent class (see ``base.Agent``)."""
+
+from __future__ import annotations
+
+from offtune.policies.iql import IQLAgent, IQLConfig
+from offtune.policies.spot import SPOTAgent, SPOTConfig
+
+ALGORITHMS: dict[str, tuple[type, type]] = {
+    "iql": (IQLConfig, IQLAgent),
+    "spot": (SPOTConfig, SPOTAgent),
+}
