@@ -30,10 +30,10 @@ def cli() -> None:
 
 
 def _register() -> None:
-    from offtune.cli import dataset, report, train
+    from offtune.cli import dataset, demo, report, train
 
     cli.add_command(dataset.dataset)
-    for command in (train.pretrain, train.finetune, train.evaluate, report.report, report.plot):
+    for command in (train.pretrain, train.finetune, train.evaluate, report.report, report.plot, demo.demo):
         cli.add_command(command)
 
 

@@ -1,0 +1,54 @@
+"""``offtune demo``: the whole offline -> online pipeline on a dataset it makes itself, in minutes on a CPU."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from offtune.buffers import collect
+from offtune.buffers.datasets import local_ids
+from offtune.cli.display import RichProgress, before_after_table, console, err_console
+from offtune.finetune import trainer
+
+DEMO_DATASET = "offtune/pointmaze/umaze-v0"
+
+
+@click.command()
+@click.option("--algo", default="iql", show_default=True, help="iql, spot or misa.")
+@click.option("--dataset-steps", default=30_000, show_default=True, type=int,
+              help="Steps to collect when the demo dataset is not local yet.")
+@click.option("--pretrain-steps", default=5_000, show_default=True, type=int)
+@click.option("--finetune-steps", default=10_000, show_default=True, type=int)
+@click.option("--eval-episodes", default=20, show_default=True, type=int)
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--device", default="auto", show_default=True)
+@click.option("--out", default="runs/demo", show_default=True, type=click.Path(file_okay=False))
+def demo(algo, dataset_steps, pretrain_steps, finetune_steps, eval_episodes, seed, device, out) -> None:
+    """Collect a PointMaze dataset (if needed), pretrain offline, fine-tune online, print before -> after."""
+    out = Path(out)
+    if DEMO_DATASET not in local_ids():
+        console.print(f"[bold]1/3[/] collecting {DEMO_DATASET}: {dataset_steps:,} steps of a noisy planner")
+        with RichProgress() as progress:
+            progress.stage("collect", dataset_steps)
+            collect.collect_pointmaze("umaze", dataset_steps, seed=seed,
+                                      progress=lambda count: progress.advance(count, {}))
+    else:
+        console.print(f"[bold]1/3[/] using the local dataset {DEMO_DATASET}")
+    console.print(f"[bold]2/3[/] pretraining {algo.upper()} offline for {pretrain_steps:,} updates")
+    overrides = {"vae_steps": 2_000} if algo == "spot" else {}
+    try:
+        with RichProgress() as progress:
+            offline = trainer.pretrain(algo, DEMO_DATASET, steps=pretrain_steps, seed=seed, device=device,
+                                       eval_episodes=eval_episodes, out=out / f"{algo}-offline",
+                                       overrides=overrides, progress=progress)
+        console.print(f"[bold]3/3[/] fine-tuning online for {finetune_steps:,} env steps")
+        with RichProgress() as progress:
+            online = trainer.finetune(offline.checkpoint, steps=finetune_steps, seed=seed, device=device,
+                                      eval_episodes=eval_episodes, eval_every=max(finetune_steps // 4, 1),
+                                      out=out / f"{algo}-online", progress=progress)
+    except trainer.Interrupted as error:
+        err_console.print(f"[yellow]{error}[/]")
+        raise SystemExit(130) from None
+    console.print(before_after_table("offtune demo: offline → online", DEMO_DATASET, algo, online.scores))
+    console.print(f"runs in {out}; next: offtune report {out} · offtune export {online.checkpoint} -o policy.zip")
