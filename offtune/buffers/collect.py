@@ -1,0 +1,522 @@
+"""Write real Minari datasets without JAX: a PointMaze planner, an SB3 policy, or random actions.
+
+Minari's ``DataCollector`` needs JAX, so episodes are recorded here straight into Minari
+``EpisodeBuffer``s (``n + 1`` observations and infos, ``n`` actions, rewards and flags) and written with
+``minari.create_dataset_from_buffers``. The PointMaze collector follows the recipe of the published
+D4RL/pointmaze datasets: Q-iteration over maze cells, a PD controller on jittered waypoints and Gaussian
+action noise, in a continuing task whose episodes are cut at every goal reached.
+
+Small synthetic datasets with the exact specs of published ones (``write_antmaze_like``,
+``collect_policy`` with random actions) serve the tests and demos when the real data cannot be
+downloaded.
+"""
+
+from __future__ import annotations
+
+import copy
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import gymnasium_robotics
+import minari
+import numpy as np
+from gymnasium.envs.registration import EnvSpec
+from minari.data_collector import EpisodeBuffer
+
+from offtune.buffers.datasets import ANTMAZE_UMAZE_MAP, POINTMAZE_EVAL_MAPS, local_ids
+from offtune.errors import OfftuneError
+
+gym.register_envs(gymnasium_robotics)
+
+Observation = Any
+Policy = Callable[[Observation], np.ndarray]
+InfoRecord = Callable[[Observation, bool], dict[str, Any]]
+
+POINTMAZE_ENVS = {
+    "umaze": "PointMaze_UMaze-v3",
+    "medium": "PointMaze_Medium-v3",
+    "large": "PointMaze_Large-v3",
+}
+ANTMAZE_ENVS = {"umaze": "AntMaze_UMaze-v4", "medium": "AntMaze_Medium-v4", "large": "AntMaze_Large-v4"}
+# Minari's evaluation maps for D4RL/antmaze/*-v1 (generation scripts): one r and one g cell. The umaze one is
+# the left-right mirror image of the maze the data was collected in (Minari #304).
+ANTMAZE_EVAL_MAPS: dict[str, list[list[int | str]]] = {
+    "umaze": [[1, 1, 1, 1, 1], [1, 0, 0, "r", 1], [1, 0, 1, 1, 1], [1, 0, 0, "g", 1], [1, 1, 1, 1, 1]],
+    "medium": [
+        [1, 1, 1, 1, 1, 1, 1, 1],
+        [1, "r", 0, 1, 1, 0, 0, 1],
+        [1, 0, 0, 1, 0, 0, 0, 1],
+        [1, 1, 0, 0, 0, 1, 1, 1],
+        [1, 0, 0, 1, 0, 0, 0, 1],
+        [1, 0, 1, 0, 0, 1, 0, 1],
+        [1, 0, 0, 0, 1, 0, "g", 1],
+        [1, 1, 1, 1, 1, 1, 1, 1],
+    ],
+    "large": [
+        [1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1],
+        [1, "r", 0, 0, 0, 1, 0, 0, 0, 0, 0, 1],
+        [1, 0, 1, 1, 0, 1, 0, 1, 0, 1, 0, 1],
+        [1, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 1],
+        [1, 0, 1, 1, 1, 1, 0, 1, 1, 1, 0, 1],
+        [1, 0, 0, 1, 0, 1, 0, 0, 0, 0, 0, 1],
+        [1, 1, 0, 1, 0, 1, 0, 1, 0, 1, 1, 1],
+        [1, 0, 0, 1, 0, 0, 0, 1, 0, "g", 0, 1],
+        [1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1],
+    ],
+}
+MAZE_SUCCESS_RADIUS = 0.45  # gymnasium-robotics' own goal radius (info["success"], sparse reward)
+PROGRESS_EVERY = 1000
+
+
+class EpisodeRecorder:
+    """One episode in the layout Minari stores: ``n + 1`` observations and infos, ``n`` of the rest."""
+
+    def __init__(self, observation: Observation, info: dict[str, Any] | None) -> None:
+        self.observations = [observation]
+        self.infos = None if info is None else [info]
+        self.actions: list[np.ndarray] = []
+        self.rewards: list[float] = []
+        self.terminations: list[bool] = []
+        self.truncations: list[bool] = []
+
+    def __len__(self) -> int:
+        return len(self.rewards)
+
+    def add(self, action, observation, reward, terminated, truncated, info: dict[str, Any] | None) -> None:
+        self.actions.append(np.asarray(action))
+        self.observations.append(observation)
+        self.rewards.append(float(reward))
+        self.terminations.append(bool(terminated))
+        self.truncations.append(bool(truncated))
+        if self.infos is not None and info is not None:
+            self.infos.append(info)
+
+    def to_buffer(self, episode_id: int, truncate_end: bool = False) -> EpisodeBuffer:
+        """Stack the steps; ``truncate_end`` marks an episode cut short by the end of collection."""
+        truncations = list(self.truncations)
+        if truncate_end and not (self.terminations[-1] or truncations[-1]):
+            truncations[-1] = True
+        return EpisodeBuffer(
+            id=episode_id,
+            observations=_stack(self.observations),
+            actions=np.stack(self.actions),
+            rewards=np.asarray(self.rewards, dtype=np.float64),
+            terminations=np.asarray(self.terminations),
+            truncations=np.asarray(truncations),
+            infos=None if self.infos is None else _stack(self.infos),
+        )
+
+
+def _stack(items: list[Any]) -> Any:
+    """List of (nested dicts of) arrays -> (nested dict of) stacked arrays."""
+    if isinstance(items[0], dict):
+        return {key: _stack([item[key] for item in items]) for key in items[0]}
+    return np.stack([np.asarray(item) for item in items])
+
+
+def run_episodes(
+    env: gym.Env,
+    policy: Policy,
+    steps: int,
+    seed: int,
+    record_info: InfoRecord | None = None,
+    split_on_success: bool = False,
+    progress: Callable[[int], None] | None = None,
+) -> list[EpisodeBuffer]:
+    """Step ``env`` for exactly ``steps`` steps and return the episodes.
+
+    ``split_on_success`` cuts an episode (truncation) whenever ``info["success"]`` is true, without
+    resetting: in a continuing maze with ``reset_target=True`` the env has already drawn the next goal,
+    so the next episode starts where the agent stands. Its first observation carries the new goal, not the
+    stale one the env returned on the success step (Minari #265).
+    """
+    observation, info = env.reset(seed=seed)
+    recorder = EpisodeRecorder(observation, _info(record_info, observation, info))
+    episodes: list[EpisodeBuffer] = []
+    for step in range(steps):
+        action = policy(observation)
+        next_observation, reward, terminated, truncated, info = env.step(action)
+        cut = split_on_success and bool(info.get("success", False))
+        recorder.add(
+            action,
+            next_observation,
+            reward,
+            terminated,
+            truncated or cut,
+            _info(record_info, next_observation, info),
+        )
+        if progress is not None and (step + 1) % PROGRESS_EVERY == 0:
+            progress(PROGRESS_EVERY)
+        if terminated or truncated or cut:
+            episodes.append(recorder.to_buffer(len(episodes)))
+            if terminated or truncated:
+                next_observation, info = env.reset()
+            else:
+                next_observation = dict(next_observation, desired_goal=env.unwrapped.goal.copy())
+                info = {"success": _within(next_observation, MAZE_SUCCESS_RADIUS)}
+            recorder = EpisodeRecorder(next_observation, _info(record_info, next_observation, info))
+        observation = next_observation
+    if len(recorder):
+        episodes.append(recorder.to_buffer(len(episodes), truncate_end=True))
+    if progress is not None and steps % PROGRESS_EVERY:
+        progress(steps % PROGRESS_EVERY)
+    return episodes
+
+
+def _info(
+    record_info: InfoRecord | None, observation: Observation, info: dict[str, Any]
+) -> dict[str, Any] | None:
+    return None if record_info is None else record_info(observation, bool(info.get("success", False)))
+
+
+def _within(observation: dict[str, np.ndarray], radius: float) -> bool:
+    return bool(np.linalg.norm(observation["achieved_goal"] - observation["desired_goal"]) <= radius)
+
+
+def pointmaze_info(observation: dict[str, np.ndarray], success: bool) -> dict[str, Any]:
+    """The infos the published PointMaze data keep: enough to restore the simulator state."""
+    return {
+        "success": success,
+        "qpos": observation["observation"][:2].copy(),
+        "qvel": observation["observation"][2:].copy(),
+        "goal": observation["desired_goal"].copy(),
+    }
+
+
+def antmaze_info(observation: dict[str, np.ndarray], success: bool) -> dict[str, Any]:
+    """The infos of D4RL/antmaze/*-v1: success, qpos (x, y + 13), qvel (14) and the commanded goal."""
+    return {
+        "success": success,
+        "qpos": np.concatenate([observation["achieved_goal"], observation["observation"][:13]]),
+        "qvel": observation["observation"][13:].copy(),
+        "goal": observation["desired_goal"].copy(),
+    }
+
+
+class MazePlanner:
+    """Q-iteration over the maze's cells (4 moves, stay put when blocked, reward 1 for entering the goal).
+
+    ``next_cells(goal)`` gives, for every cell, the neighbouring cell to head for; it is cached per goal
+    cell because a maze has only a few dozen of them.
+    """
+
+    MOVES = ((-1, 0), (1, 0), (0, -1), (0, 1))
+
+    def __init__(self, maze_map: list[list[int | str]], sweeps: int = 50, discount: float = 0.99) -> None:
+        self.free = np.array([[cell != 1 for cell in row] for row in maze_map])
+        self.rows, self.cols = self.free.shape
+        self.sweeps, self.discount = sweeps, discount
+        successor = np.empty((self.rows * self.cols, len(self.MOVES)), dtype=np.int64)
+        for row in range(self.rows):
+            for col in range(self.cols):
+                for move, (d_row, d_col) in enumerate(self.MOVES):
+                    r, c = row + d_row, col + d_col
+                    inside = 0 <= r < self.rows and 0 <= c < self.cols and self.free[r, c]
+                    successor[row * self.cols + col, move] = (
+                        r * self.cols + c if inside else row * self.cols + col
+                    )
+        self.successor = successor
+        self._cache: dict[tuple[int, int], np.ndarray] = {}
+
+    def next_cells(self, goal: tuple[int, int]) -> np.ndarray:
+        """Flat index of the next cell from every cell toward ``goal`` (row, col)."""
+        if goal not in self._cache:
+            reward = (self.successor == goal[0] * self.cols + goal[1]).astype(np.float64)
+            q = np.zeros_like(reward)
+            for _ in range(self.sweeps):  # Q(s, a) = r(s, a) + γ max_a' Q(s', a')
+                q = reward + self.discount * q.max(axis=1)[self.successor]
+            self._cache[goal] = self.successor[np.arange(len(q)), q.argmax(axis=1)]
+        return self._cache[goal]
+
+
+class WaypointController:
+    """PD control toward the next planned cell: a = clip(10 (waypoint - x) - 1 v), plus Gaussian noise.
+
+    Intermediate waypoints are cell centres shifted by up to ``jitter`` (so paths vary); the last one is the
+    goal itself. A waypoint counts as reached within ``threshold``.
+    """
+
+    def __init__(
+        self,
+        maze: Any,
+        rng: np.random.Generator,
+        noise: float = 0.5,
+        p_gain: float = 10.0,
+        d_gain: float = -1.0,
+        threshold: float = 0.1,
+        jitter: float = 0.2,
+    ) -> None:
+        self.maze, self.rng, self.noise = maze, rng, noise
+        self.planner = MazePlanner(maze.maze_map)
+        self.p_gain, self.d_gain, self.threshold, self.jitter = p_gain, d_gain, threshold, jitter
+        self.goal_xy: np.ndarray | None = None
+        self.goal_cell = (0, 0)
+        self.target_cell = (0, 0)
+        self.target_xy = np.zeros(2)
+
+    def _cell(self, xy: np.ndarray) -> tuple[int, int]:
+        row, col = self.maze.cell_xy_to_rowcol(xy)
+        return int(row), int(col)
+
+    def _aim_at(self, cell: tuple[int, int]) -> None:
+        self.target_cell = cell
+        if cell == self.goal_cell:
+            self.target_xy = self.goal_xy
+        else:
+            self.target_xy = (
+                self.maze.cell_rowcol_to_xy(np.array(cell)) - self.rng.uniform(size=2) * self.jitter
+            )
+
+    def _advance(self) -> None:
+        following = int(
+            self.planner.next_cells(self.goal_cell)[
+                self.target_cell[0] * self.planner.cols + self.target_cell[1]
+            ]
+        )
+        self._aim_at(divmod(following, self.planner.cols))
+
+    def action(self, observation: dict[str, np.ndarray]) -> np.ndarray:
+        """The noiseless PD action (the expert the published datasets' reference scores use)."""
+        position, velocity = observation["achieved_goal"], observation["observation"][2:]
+        goal = observation["desired_goal"]
+        if self.goal_xy is None or np.linalg.norm(goal - self.goal_xy) > 1e-3:
+            self.goal_xy, self.goal_cell = goal.copy(), self._cell(goal)
+            self.target_cell = self._cell(position)
+            if self.target_cell == self.goal_cell:
+                self._aim_at(self.goal_cell)
+            else:
+                self._advance()
+        if self.target_cell != self.goal_cell and np.linalg.norm(self.target_xy - position) <= self.threshold:
+            self._advance()
+        return np.clip(self.p_gain * (self.target_xy - position) + self.d_gain * velocity, -1.0, 1.0)
+
+    def __call__(self, observation: dict[str, np.ndarray]) -> np.ndarray:
+        action = self.action(observation) + self.noise * self.rng.standard_normal(2)
+        return np.clip(action, -1.0, 1.0).astype(np.float32)
+
+
+def pointmaze_eval_spec(maze: str) -> EnvSpec:
+    """The published evaluation env: one fixed ``g``, resets anywhere, continuing, goal kept when reached."""
+    spec = copy.deepcopy(gym.spec(POINTMAZE_ENVS[maze]))
+    spec.kwargs = {
+        **spec.kwargs,
+        "maze_map": POINTMAZE_EVAL_MAPS[maze],
+        "continuing_task": True,
+        "reset_target": False,
+    }
+    return spec
+
+
+def write_dataset(
+    dataset_id: str,
+    episodes: list[EpisodeBuffer],
+    env: gym.Env,
+    eval_env_spec: EnvSpec | None = None,
+    algorithm_name: str = "offtune",
+    description: str = "",
+    force: bool = False,
+) -> minari.MinariDataset:
+    """Write ``episodes`` as a local Minari dataset; an existing id is only replaced with ``force``."""
+    if dataset_id in local_ids():
+        if not force:
+            raise OfftuneError(f"dataset {dataset_id} already exists locally; pass --force to overwrite it")
+        minari.delete_dataset(dataset_id)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*(code_permalink|author_email|eval_env).*")
+        return minari.create_dataset_from_buffers(
+            dataset_id=dataset_id,
+            buffer=episodes,
+            env=env,
+            eval_env=eval_env_spec,
+            algorithm_name=algorithm_name,
+            author="offtune",
+            description=description,
+        )
+
+
+def collect_pointmaze(
+    maze: str,
+    steps: int,
+    seed: int = 0,
+    noise: float = 0.5,
+    dataset_id: str | None = None,
+    force: bool = False,
+    progress: Callable[[int], None] | None = None,
+) -> minari.MinariDataset:
+    """A PointMaze dataset made like D4RL/pointmaze: planner, PD waypoints, noise, one goal per episode."""
+    if maze not in POINTMAZE_ENVS:
+        raise OfftuneError(f"unknown maze {maze!r}; choose one of {', '.join(POINTMAZE_ENVS)}")
+    dataset_id = dataset_id or f"offtune/pointmaze/{maze}-v0"
+    _check_free(dataset_id, force)
+    env = gym.make(POINTMAZE_ENVS[maze], continuing_task=True, reset_target=True, max_episode_steps=10**6)
+    controller = WaypointController(env.unwrapped.maze, np.random.default_rng(seed), noise=noise)
+    episodes = run_episodes(
+        env, controller, steps, seed, pointmaze_info, split_on_success=True, progress=progress
+    )
+    return write_dataset(
+        dataset_id,
+        episodes,
+        env,
+        pointmaze_eval_spec(maze),
+        algorithm_name="QIteration+PD waypoints",
+        description=f"PointMaze {maze}: Q-iteration planner, PD waypoint controller, Gaussian action noise "
+        f"sigma={noise}; one episode per goal reached; {steps} steps, seed {seed}.",
+        force=force,
+    )
+
+
+def _check_free(dataset_id: str, force: bool) -> None:
+    """Fail before collecting, not after, when the id is taken."""
+    if dataset_id in local_ids() and not force:
+        raise OfftuneError(f"dataset {dataset_id} already exists locally; pass --force to overwrite it")
+
+
+def load_sb3_policy(path: str | Path, env: gym.Env, rng: np.random.Generator, noise: float) -> Policy:
+    """A deterministic SB3 policy (SAC, TD3 or PPO zip) plus Gaussian noise scaled to the action range."""
+    import json
+    import zipfile
+
+    import stable_baselines3
+
+    path = Path(path)
+    if not path.is_file():
+        raise OfftuneError(f"policy file {path} does not exist")
+    try:
+        module = json.loads(zipfile.ZipFile(path).read("data"))["policy_class"]["__module__"]
+    except (zipfile.BadZipFile, KeyError, ValueError) as error:
+        raise OfftuneError(f"{path} is not a Stable-Baselines3 model zip ({error})") from error
+    algorithms = {"sac": stable_baselines3.SAC, "td3": stable_baselines3.TD3, "common": stable_baselines3.PPO}
+    algorithm = algorithms.get(module.split(".")[1] if module.count(".") else "")
+    if algorithm is None:
+        raise OfftuneError(f"{path}: policy class from {module} is not SAC, TD3 or PPO")
+    model = algorithm.load(path, device="cpu")
+    low, high = env.action_space.low, env.action_space.high
+    scale = noise * (high - low) / 2.0
+
+    def act(observation: Observation) -> np.ndarray:
+        action, _ = model.predict(observation, deterministic=True)
+        return np.clip(action + scale * rng.standard_normal(action.shape), low, high).astype(
+            env.action_space.dtype
+        )
+
+    return act
+
+
+def collect_policy(
+    env_id: str,
+    steps: int,
+    seed: int = 0,
+    policy_path: str | Path | None = None,
+    noise: float = 0.1,
+    dataset_id: str | None = None,
+    force: bool = False,
+    progress: Callable[[int], None] | None = None,
+) -> minari.MinariDataset:
+    """A dataset from an SB3 policy zip with Gaussian action noise, or from uniform random actions."""
+    try:
+        env = gym.make(env_id)
+    except gym.error.Error as error:
+        raise OfftuneError(f"cannot make environment {env_id!r}: {error}") from error
+    if not isinstance(env.action_space, gym.spaces.Box):
+        raise OfftuneError(
+            f"{env_id} has a {type(env.action_space).__name__} action space; offtune needs Box"
+        )
+    kind = "random" if policy_path is None else Path(policy_path).stem.lower().replace("_", "-")
+    dataset_id = dataset_id or f"offtune/{env.spec.name.lower()}/{kind}-v0"
+    _check_free(dataset_id, force)
+    rng = np.random.default_rng(seed)
+    if policy_path is None:
+        env.action_space.seed(seed)
+        policy: Policy = lambda _observation: env.action_space.sample()  # noqa: E731
+        description = f"{env_id}: uniform random actions; {steps} steps, seed {seed}."
+    else:
+        policy = load_sb3_policy(policy_path, env, rng, noise)
+        description = (
+            f"{env_id}: SB3 policy {Path(policy_path).name} with Gaussian action noise sigma={noise} "
+            f"(x half the action range); {steps} steps, seed {seed}."
+        )
+    episodes = run_episodes(env, policy, steps, seed, progress=progress)
+    return write_dataset(dataset_id, episodes, env, algorithm_name=kind, description=description, force=force)
+
+
+def place_agent(env: gym.Env, xy: np.ndarray) -> dict[str, np.ndarray]:
+    """Move a maze agent (ant or point) to ``xy`` and return the observation it now has."""
+    maze_env = env.unwrapped
+    body = maze_env.ant_env if hasattr(maze_env, "ant_env") else maze_env.point_env
+    qpos = body.data.qpos.copy()
+    qpos[:2] = xy
+    body.set_state(qpos, body.data.qvel.copy())
+    return maze_env._get_obs(body._get_obs())
+
+
+def write_antmaze_like(
+    dataset_id: str,
+    maze: str = "umaze",
+    episodes: int = 6,
+    steps: int = 40,
+    seed: int = 0,
+    force: bool = False,
+) -> minari.MinariDataset:
+    """A small dataset with the exact spec of D4RL/antmaze/<maze>-v1 (umaze, medium-play, large-play).
+
+    Same collection env, maze map, continuing task, 700/1000-step time limit, infos and evaluation env as
+    the published data; the actions are small random ones. Every third episode starts next to D4RL's goal
+    and every third next to the commanded goal, so both the relabelled and Minari's own rewards are
+    sometimes 1. Episodes are ``steps`` long and end in a truncation.
+    """
+    if maze == "umaze":
+        env = gym.make(
+            ANTMAZE_ENVS[maze], maze_map=ANTMAZE_UMAZE_MAP, continuing_task=True, reset_target=False
+        )
+        d4rl_map = ANTMAZE_UMAZE_MAP
+    else:
+        env = gym.make(ANTMAZE_ENVS[maze], continuing_task=True, reset_target=False)
+        d4rl_map = ANTMAZE_EVAL_MAPS[maze]
+    eval_spec = copy.deepcopy(env.spec)
+    eval_spec.kwargs = {**eval_spec.kwargs, "maze_map": ANTMAZE_EVAL_MAPS[maze]}
+    maze_env = env.unwrapped
+    d4rl_goal = maze_env.maze.cell_rowcol_to_xy(_marker(d4rl_map, "g"))
+    rng = np.random.default_rng(seed)
+    env.action_space.seed(seed)
+    buffers = []
+    for episode in range(episodes):
+        observation, info = env.reset(seed=seed + episode)
+        if episode % 3 == 1:
+            observation = place_agent(env, d4rl_goal + rng.uniform(-0.2, 0.2, size=2))
+        elif episode % 3 == 2:
+            observation = place_agent(env, maze_env.goal + rng.uniform(-0.2, 0.2, size=2))
+        recorder = EpisodeRecorder(
+            observation, antmaze_info(observation, _within(observation, MAZE_SUCCESS_RADIUS))
+        )
+        for step in range(steps):
+            action = 0.3 * env.action_space.sample()
+            observation, reward, terminated, truncated, info = env.step(action)
+            recorder.add(
+                action,
+                observation,
+                reward,
+                terminated,
+                truncated or step == steps - 1,
+                antmaze_info(observation, info["success"]),
+            )
+        buffers.append(recorder.to_buffer(episode))
+    return write_dataset(
+        dataset_id,
+        buffers,
+        env,
+        eval_spec,
+        algorithm_name="random",
+        description=f"Stand-in with the spec of D4RL/antmaze/{maze}-v1 ({episodes} x {steps} steps).",
+        force=force,
+    )
+
+
+def _marker(maze_map: list[list[int | str]], marker: str) -> np.ndarray:
+    for row, cells in enumerate(maze_map):
+        for col, cell in enumerate(cells):
+            if cell == marker:
+                return np.array([row, col])
+    raise ValueError(f"no {marker!r} cell in the maze map")
