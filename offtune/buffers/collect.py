@@ -14,22 +14,27 @@ downloaded.
 from __future__ import annotations
 
 import copy
+import shutil
 import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import gymnasium as gym
-import gymnasium_robotics
 import minari
 import numpy as np
 from gymnasium.envs.registration import EnvSpec
 from minari.data_collector import EpisodeBuffer
 
-from offtune.buffers.datasets import ANTMAZE_UMAZE_MAP, POINTMAZE_EVAL_MAPS, local_ids
+from offtune.buffers.datasets import (
+    ANTMAZE_UMAZE_MAP,
+    POINTMAZE_EVAL_MAPS,
+    datasets_root,
+    local_ids,
+    make_gym_env,
+    maze_cell,
+)
 from offtune.errors import OfftuneError
-
-gym.register_envs(gymnasium_robotics)
 
 Observation = Any
 Policy = Callable[[Observation], np.ndarray]
@@ -323,7 +328,7 @@ def write_dataset(
     if dataset_id in local_ids():
         if not force:
             raise OfftuneError(f"dataset {dataset_id} already exists locally; pass --force to overwrite it")
-        minari.delete_dataset(dataset_id)
+        shutil.rmtree(datasets_root() / dataset_id)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*(code_permalink|author_email|eval_env).*")
         return minari.create_dataset_from_buffers(
@@ -351,7 +356,7 @@ def collect_pointmaze(
         raise OfftuneError(f"unknown maze {maze!r}; choose one of {', '.join(POINTMAZE_ENVS)}")
     dataset_id = dataset_id or f"offtune/pointmaze/{maze}-v0"
     _check_free(dataset_id, force)
-    env = gym.make(POINTMAZE_ENVS[maze], continuing_task=True, reset_target=True, max_episode_steps=10**6)
+    env = make_gym_env(POINTMAZE_ENVS[maze], continuing_task=True, reset_target=True, max_episode_steps=10**6)
     controller = WaypointController(env.unwrapped.maze, np.random.default_rng(seed), noise=noise)
     episodes = run_episodes(
         env, controller, steps, seed, pointmaze_info, split_on_success=True, progress=progress
@@ -417,7 +422,7 @@ def collect_policy(
 ) -> minari.MinariDataset:
     """A dataset from an SB3 policy zip with Gaussian action noise, or from uniform random actions."""
     try:
-        env = gym.make(env_id)
+        env = make_gym_env(env_id)
     except gym.error.Error as error:
         raise OfftuneError(f"cannot make environment {env_id!r}: {error}") from error
     if not isinstance(env.action_space, gym.spaces.Box):
@@ -449,7 +454,10 @@ def place_agent(env: gym.Env, xy: np.ndarray) -> dict[str, np.ndarray]:
     qpos = body.data.qpos.copy()
     qpos[:2] = xy
     body.set_state(qpos, body.data.qvel.copy())
-    return maze_env._get_obs(body._get_obs())
+    body_observation = body._get_obs()  # the point body returns (obs, info), the ant body just obs
+    if isinstance(body_observation, tuple):
+        body_observation = body_observation[0]
+    return maze_env._get_obs(body_observation)
 
 
 def write_antmaze_like(
@@ -468,17 +476,17 @@ def write_antmaze_like(
     sometimes 1. Episodes are ``steps`` long and end in a truncation.
     """
     if maze == "umaze":
-        env = gym.make(
+        env = make_gym_env(
             ANTMAZE_ENVS[maze], maze_map=ANTMAZE_UMAZE_MAP, continuing_task=True, reset_target=False
         )
         d4rl_map = ANTMAZE_UMAZE_MAP
     else:
-        env = gym.make(ANTMAZE_ENVS[maze], continuing_task=True, reset_target=False)
+        env = make_gym_env(ANTMAZE_ENVS[maze], continuing_task=True, reset_target=False)
         d4rl_map = ANTMAZE_EVAL_MAPS[maze]
     eval_spec = copy.deepcopy(env.spec)
     eval_spec.kwargs = {**eval_spec.kwargs, "maze_map": ANTMAZE_EVAL_MAPS[maze]}
     maze_env = env.unwrapped
-    d4rl_goal = maze_env.maze.cell_rowcol_to_xy(_marker(d4rl_map, "g"))
+    d4rl_goal = maze_env.maze.cell_rowcol_to_xy(np.array(maze_cell(d4rl_map, "g")))
     rng = np.random.default_rng(seed)
     env.action_space.seed(seed)
     buffers = []
@@ -512,11 +520,3 @@ def write_antmaze_like(
         description=f"Stand-in with the spec of D4RL/antmaze/{maze}-v1 ({episodes} x {steps} steps).",
         force=force,
     )
-
-
-def _marker(maze_map: list[list[int | str]], marker: str) -> np.ndarray:
-    for row, cells in enumerate(maze_map):
-        for col, cell in enumerate(cells):
-            if cell == marker:
-                return np.array([row, col])
-    raise ValueError(f"no {marker!r} cell in the maze map")

@@ -171,13 +171,21 @@ def maze_cell(maze_map: Sequence[Sequence[int | str]], marker: str) -> tuple[int
     return cells[0]
 
 
-def maze_scaling(spec: Any) -> float:
-    """``maze_size_scaling`` of a maze EnvSpec, read from the env itself (ant mazes 4, point mazes 1)."""
+def make_gym_env(spec: Any, **kwargs: Any) -> Any:
+    """``gym.make`` with gymnasium-robotics registered and its "v4 is out of date" warning silenced: the
+    Minari maze data were collected on the v4 envs, so v4 is what offtune must build."""
     import gymnasium as gym
     import gymnasium_robotics
 
     gym.register_envs(gymnasium_robotics)
-    env = gym.make(spec)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*is out of date.*")
+        return gym.make(spec, **kwargs)
+
+
+def maze_scaling(spec: Any) -> float:
+    """``maze_size_scaling`` of a maze EnvSpec, read from the env itself (ant mazes 4, point mazes 1)."""
+    env = make_gym_env(spec)
     try:
         return float(env.unwrapped.maze.maze_size_scaling)
     finally:

@@ -1,0 +1,77 @@
+"""The live environment a dataset was made for, seen exactly as the offline data present it.
+
+``make_env`` builds the env from ``DatasetInfo.eval_env_spec`` and wraps it so that observations are the
+dataset's flat float32 vectors (same keys, same order), and mazes are the goal-reaching task the data
+were labelled for: reward 1 and termination on reaching the goal (``info.goal`` within
+``info.success_radius`` in d4rl mode, the env's own ``info["success"]`` in goal mode), 0 otherwise, so an
+episode's return is its success. Time-limit truncations stay truncations.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+from gymnasium.envs.registration import EnvSpec
+
+from offtune.buffers.datasets import MAZE_FAMILIES, DatasetInfo, flatten_observation, make_gym_env
+
+
+class DatasetTask(gym.Wrapper):
+    """Flat observations in ``info.obs_keys`` order; maze rewards and terminations per the task mode.
+
+    ``raw_observation_space`` keeps the env's own (dict) observation space for export.
+    """
+
+    def __init__(self, env: gym.Env, info: DatasetInfo) -> None:
+        super().__init__(env)
+        self.raw_observation_space = env.observation_space
+        self.obs_keys = list(info.obs_keys)
+        self.observation_space = gym.spaces.Box(-np.inf, np.inf, (info.obs_dim,), np.float32)
+        self.goal_reaching = info.family in MAZE_FAMILIES
+        self.goal = None if info.goal is None else np.asarray(info.goal, dtype=np.float64)
+        self.success_radius = info.success_radius
+
+    def _success(self, observation: Any, env_info: dict[str, Any]) -> bool:
+        if self.goal is not None:
+            return bool(np.linalg.norm(observation["achieved_goal"] - self.goal) <= self.success_radius)
+        return bool(env_info.get("success", False))
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
+        observation, env_info = self.env.reset(seed=seed, options=options)
+        if self.goal_reaching:
+            env_info["success"] = self._success(observation, env_info)
+        return flatten_observation(observation, self.obs_keys), env_info
+
+    def step(self, action):
+        observation, reward, terminated, truncated, env_info = self.env.step(action)
+        if self.goal_reaching:
+            success = self._success(observation, env_info)
+            env_info["success"] = success
+            reward, terminated = float(success), bool(terminated or success)
+        return flatten_observation(observation, self.obs_keys), reward, terminated, truncated, env_info
+
+
+def make_env(info: DatasetInfo, seed: int | None = None, render_mode: str | None = None) -> gym.Env:
+    """One live env for ``info``; ``seed`` seeds its first reset and its action space."""
+    env = DatasetTask(make_gym_env(EnvSpec.from_json(info.eval_env_spec), render_mode=render_mode), info)
+    if seed is not None:
+        env.reset(seed=seed)
+        env.action_space.seed(seed)
+    return env
+
+
+def make_vector_env(info: DatasetInfo, num_envs: int, seed: int | None = None) -> gym.vector.SyncVectorEnv:
+    """``num_envs`` live envs (env ``i`` seeded ``seed + i``) stepping together.
+
+    Autoreset is same-step: a finished env resets inside the step that ended it, returns the new first
+    observation, and leaves the last one in ``infos["final_obs"]`` (and its info in ``infos["final_info"]``).
+    """
+
+    def factory(index: int):
+        return lambda: make_env(info, seed=None if seed is None else seed + index)
+
+    return gym.vector.SyncVectorEnv(
+        [factory(i) for i in range(num_envs)], autoreset_mode=gym.vector.AutoresetMode.SAME_STEP
+    )
