@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from offtune.policies.iql import IQLAgent, IQLConfig
+from offtune.policies.misa import MISAAgent, MISAConfig
 from offtune.policies.spot import SPOTAgent, SPOTConfig
 
 ALGORITHMS: dict[str, tuple[type, type]] = {
     "iql": (IQLConfig, IQLAgent),
     "spot": (SPOTConfig, SPOTAgent),
+    "misa": (MISAConfig, MISAAgent),
 }

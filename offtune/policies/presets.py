@@ -87,8 +87,32 @@ _LOCOMOTION_QUALITY: list[tuple[str, str]] = [
 # large PointMaze follows it.
 SPOT_ONLINE_DISCOUNT: dict[str, float] = {"large": 0.995}
 
-# MISA: rewards, learning rates and bound settings per family (algorithms.md §3.5).
-MISA_FAMILIES: dict[str, dict[str, Any]] = {}
+# MISA: the release has gym-locomotion defaults only; the other families follow the authors' pre-release
+# launch script (yueyang130/SEEM ``scripts/launch_job.sh``).
+_MISA_ANTMAZE = {
+    "reward_transform": "antmaze_misa",
+    "q_lr": 1e-4,
+    "bc_weight": 0.5,
+    "use_lagrange": True,
+    "target_action_gap": 3.0,
+    "add_positive": True,
+    "layer_norm": True,
+}
+MISA_FAMILIES: dict[str, dict[str, Any]] = {
+    "locomotion": {"reward_transform": "identity"},
+    "antmaze": _MISA_ANTMAZE,
+    # No PointMaze setting exists: sparse goal reaching like AntMaze, so the same rewards 4(r - 0.5) and the
+    # Lagrange form, whose gap 3.0 assumes that reward scale.
+    "pointmaze": _MISA_ANTMAZE,
+    "kitchen": {"reward_transform": "minmax_unit", "q_lr": 1e-4, "bc_weight": 3.0, "layer_norm": True},
+    "adroit": {
+        "reward_transform": "minmax_unit",
+        "bc_weight": 5.0,
+        "layer_norm": True,
+        "automatic_entropy": False,
+        "alpha_multiplier": 1.0,
+    },
+}
 
 
 def _task_text(info: DatasetInfo) -> str:
