@@ -460,8 +460,8 @@ def _combine(entry: RegistryEntry) -> str:
         missing = [p for p, got in zip(entry.parts, parts, strict=True) if got is None]
         substitute = REGISTRY[entry.substitute]
         raise OfftuneError(
-            f"{entry.name} is built locally from {' + '.join(entry.parts)}, but {', '.join(missing)} "
-            f"is not in {datasets_root()}. Download the parts with `offtune dataset download {entry.name}`, "
+            f"{entry.name} is built locally from {' + '.join(entry.parts)}; missing from {datasets_root()}: "
+            f"{', '.join(missing)}. Download the parts with `offtune dataset download {entry.name}`, "
             f"or use the nearest substitute {substitute.name} ({substitute.minari_id})."
         )
     (datasets_root() / entry.minari_id).parent.mkdir(parents=True, exist_ok=True)

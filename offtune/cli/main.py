@@ -6,6 +6,7 @@ import sys
 
 import click
 from rich.console import Console
+from rich.markup import escape
 
 from offtune.errors import OfftuneError
 
@@ -19,7 +20,7 @@ class OfftuneGroup(click.Group):
         try:
             return super().invoke(ctx)
         except OfftuneError as error:
-            err_console.print(f"[bold red]error:[/] {error}", highlight=False)
+            err_console.print(f"[bold red]error:[/] {escape(str(error))}", highlight=False)
             sys.exit(2)
 
 
