@@ -79,7 +79,7 @@ def test_score_rules():
 
 
 def test_flatten_observation_single_batch_nested():
-    single = {"observation": np.arange(3.0), "achieved_goal": np.array([7.0, 8.0]), "x": {"z": np.array([9.0])}}
+    single = {"observation": np.arange(3.0), "achieved_goal": np.array([7.0, 8]), "x": {"z": np.array([9.0])}}
     flat = flatten_observation(single, ["achieved_goal", "observation", "x/z"])
     assert flat.dtype == np.float32 and flat.tolist() == [7, 8, 0, 1, 2, 9]
     batch = {"observation": np.ones((4, 3)), "desired_goal": np.zeros((4, 2))}
