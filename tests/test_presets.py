@@ -74,6 +74,7 @@ def test_spot_locomotion_lambda_per_dataset(name, minari_id, lam):
         ("antmaze-medium-diverse-v2", "D4RL/antmaze/medium-diverse-v1", 0.025, None),
         ("antmaze-large-play-v2", "D4RL/antmaze/large-play-v1", 0.025, 0.995),
         ("antmaze-large-diverse-v2", "D4RL/antmaze/large-diverse-v1", 0.025, 0.995),
+        ("my-antmaze-medium", "local/antmaze/medium-v0", 0.05, None),
     ],
 )
 def test_spot_antmaze_settings(name, minari_id, lam, online_discount):

@@ -55,7 +55,8 @@ SPOT_FAMILIES: dict[str, dict[str, Any]] = {
     "kitchen": _SPOT_HUMAN_DATA,
 }
 
-# λ per task; the first pattern found in the dataset's name or Minari id wins (longer names first).
+# λ per task; the first pattern found in the dataset's name or Minari id wins (longer names first; a maze
+# named by size alone gets the play dataset's λ).
 SPOT_ANTMAZE_LAMBDA: list[tuple[str, float]] = [
     ("umaze-diverse", 0.25),
     ("umaze", 0.25),
@@ -63,6 +64,8 @@ SPOT_ANTMAZE_LAMBDA: list[tuple[str, float]] = [
     ("medium-diverse", 0.025),
     ("large-play", 0.025),
     ("large-diverse", 0.025),
+    ("medium", 0.05),
+    ("large", 0.025),
 ]
 # PointMaze: λ of the AntMaze maze of the same size (play variant); bigger mazes need more stitching
 # across trajectories, hence a looser support constraint. The open arena is as easy as umaze.
