@@ -22,6 +22,8 @@ _EXPORTS = {
     "evaluate": "offtune.finetune.evaluate",
     "load_checkpoint": "offtune.policies.checkpoint",
     "load_agent": "offtune.policies.checkpoint",
+    "load_policy": "offtune.policies.policy",
+    "export": "offtune.finetune.export",
     "load_dataset": "offtune.buffers.datasets",
 }
 

@@ -32,10 +32,12 @@ def cli() -> None:
 
 def _register() -> None:
     from offtune.cli import dataset, demo, report, train
+    from offtune.cli.export import export as export_command
 
     cli.add_command(dataset.dataset)
     for command in (train.pretrain, train.finetune, train.evaluate, report.report, report.plot, demo.demo):
         cli.add_command(command)
+    cli.add_command(export_command)
 
 
 def main() -> None:
