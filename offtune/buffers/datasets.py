@@ -614,6 +614,8 @@ def load(name: str, task_mode: str | None = None, download: bool = False) -> Off
     dataset = open_dataset(entry, download_missing=download)
     metadata = dataset.storage.metadata
     env_spec = dataset.env_spec
+    if env_spec is None:
+        raise OfftuneError(f"dataset {dataset.id} records no environment spec; offtune needs one")
     eval_json = metadata.get("eval_env_spec")
     eval_spec = EnvSpec.from_json(eval_json) if eval_json else env_spec
     live_spec, goal = _live_task(entry.family, mode, env_spec, eval_spec)

@@ -16,6 +16,7 @@ import numpy as np
 from gymnasium.envs.registration import EnvSpec
 
 from offtune.buffers.datasets import MAZE_FAMILIES, DatasetInfo, flatten_observation, make_gym_env
+from offtune.errors import OfftuneError
 
 
 class DatasetTask(gym.Wrapper):
@@ -55,7 +56,16 @@ class DatasetTask(gym.Wrapper):
 
 def make_env(info: DatasetInfo, seed: int | None = None, render_mode: str | None = None) -> gym.Env:
     """One live env for ``info``; ``seed`` seeds its first reset and its action space."""
-    env = DatasetTask(make_gym_env(EnvSpec.from_json(info.eval_env_spec), render_mode=render_mode), info)
+    spec = EnvSpec.from_json(info.eval_env_spec)
+    try:
+        env = DatasetTask(make_gym_env(spec, render_mode=render_mode), info)
+    except AssertionError as error:
+        if not spec.id.startswith("FrankaKitchen"):
+            raise
+        raise OfftuneError(
+            f"{spec.id} cannot be built with mujoco>=3.12 (a joint-type check in gymnasium-robotics fails); "
+            "install `mujoco<3.12` to use the kitchen datasets"
+        ) from error
     if seed is not None:
         env.reset(seed=seed)
         env.action_space.seed(seed)
