@@ -32,8 +32,11 @@ from offtune.finetune.envs import DatasetTask
 from offtune.finetune.evaluate import evaluate
 from offtune.finetune.export import env_spaces
 from offtune.policies.checkpoint import LoadedAgent, load_agent
+from offtune.policies.iql import IQLAgent, IQLConfig
 from offtune.policies.misa import MISAAgent, MISAConfig
-from offtune.policies.sb3 import build_sb3_model, export_sb3
+from offtune.policies.policy import Policy
+from offtune.policies.sb3 import build_sb3_model, export_sb3, feature_columns, parity_error
+from offtune.policies.spot import SPOTAgent, SPOTConfig
 
 SMALL = {"hidden_dims": "32,32", "batch_size": 32}
 OVERRIDES = {
@@ -308,3 +311,34 @@ def test_rl_zoo3_finds_the_model(checkpoints, tmp_path):
     assert Path(model_path) == zoo.model
     hyperparams, _ = utils.get_saved_hyperparams(str(Path(log_path) / env_name), test_mode=True)
     assert hyperparams["env_kwargs"]["max_episode_steps"] == 300
+
+
+def test_feature_columns_follow_sb3_key_order():
+    """AntMaze: SB3 concatenates achieved_goal (2), desired_goal (2), observation (27) in the space's order."""
+    def box(size: int) -> gym.spaces.Box:
+        return gym.spaces.Box(-np.inf, np.inf, (size,), np.float64)
+
+    space = gym.spaces.Dict({"observation": box(27), "achieved_goal": box(2), "desired_goal": box(2)})
+    d4rl = feature_columns(space, ["achieved_goal", "observation"], 29)
+    np.testing.assert_array_equal(d4rl, [0, 1, -1, -1, *range(2, 29)])
+    goal = feature_columns(space, ["achieved_goal", "observation", "desired_goal"], 31)
+    np.testing.assert_array_equal(goal, [0, 1, 29, 30, *range(2, 29)])
+    with pytest.raises(OfftuneError, match="hold 29 numbers, the checkpoint 30"):
+        feature_columns(space, ["achieved_goal", "observation"], 30)
+
+
+@pytest.mark.parametrize("algo, hidden, sb3_algo", [("spot", (16, 16), "td3"), ("iql", (), "td3"), ("iql", (), "sac")])
+def test_flat_observations_and_asymmetric_bounds(algo, hidden, sb3_algo):
+    """A Box env (MlpPolicy), bounds [-2, 2] x [0, 1], a normaliser, and an actor without hidden layers."""
+    torch.manual_seed(0)
+    config, agent_cls = (SPOTConfig, SPOTAgent) if algo == "spot" else (IQLConfig, IQLAgent)
+    config = config(hidden_dims=hidden)
+    info = DatasetInfo("toy", "toy/toy-v0", "locomotion", None, [], 5, 2, [-2.0, 0.0], [2.0, 1.0], "{}", "{}")
+    normalizer = Normalizer(np.arange(5, dtype=np.float32), np.linspace(0.1, 3, 5).astype(np.float32), 1e-3)
+    loaded = LoadedAgent(agent_cls(5, 2, config, torch.device("cpu")), algo, config, info, normalizer,
+                         torch.device("cpu"), 0, "toy.pt", {})
+    observation_space = gym.spaces.Box(-np.inf, np.inf, (5,), np.float64)
+    action_space = gym.spaces.Box(np.array([-2.0, 0.0], np.float32), np.array([2.0, 1.0], np.float32))
+    built = build_sb3_model(loaded, observation_space, action_space, sb3_algo)
+    assert built.policy == "MlpPolicy" and built.policy_kwargs["net_arch"] == list(hidden)
+    assert parity_error(built.model, Policy(loaded), observation_space) < 1e-6
