@@ -245,10 +245,6 @@ def fold_input_layer(layer: Layer, normalizer: Normalizer, columns: np.ndarray, 
     return torch.cat([sb3_weight, weight[:, obs_dim:]], dim=1), folded_bias
 
 
-def _fold_first(layers: list[Layer], normalizer: Normalizer, columns: np.ndarray, obs_dim: int) -> list[Layer]:
-    return [fold_input_layer(layers[0], normalizer, columns, obs_dim), *layers[1:]]
-
-
 def _sequential_state(prefix: str, layers: list[Layer]) -> dict[str, torch.Tensor]:
     """State-dict entries of SB3's ``create_mlp`` Sequential: Linears at indices 0, 2, 4, ..."""
     state = {}
