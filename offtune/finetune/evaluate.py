@@ -7,11 +7,11 @@ from dataclasses import dataclass, field
 import gymnasium as gym
 import numpy as np
 import torch
-from offtune.finetune.envs import make_env
 
 from offtune.buffers.datasets import DatasetInfo
 from offtune.buffers.transforms import Normalizer
 from offtune.errors import OfftuneError
+from offtune.finetune.envs import make_vector_env
 
 
 @dataclass
@@ -44,17 +44,6 @@ class Evaluation:
             "success_rate": float(np.mean(self.successes)) if self.successes else None,
             "length": float(np.mean(self.lengths)),
         }
-
-
-def make_vector_env(info: DatasetInfo, num_envs: int, seed: int | None = None) -> gym.vector.SyncVectorEnv:
-    """``num_envs`` copies of the live env; a finished episode resets in the same step (final obs in info)."""
-
-    def factory(index: int):
-        return lambda: make_env(info, seed=None if seed is None else seed + index)
-
-    return gym.vector.SyncVectorEnv(
-        [factory(i) for i in range(num_envs)], autoreset_mode=gym.vector.AutoresetMode.SAME_STEP
-    )
 
 
 def to_env_actions(actions: np.ndarray, info: DatasetInfo) -> np.ndarray:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import datetime as _dt
 import random
+import signal
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,24 +20,24 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 import yaml
-from offtune.policies.presets import preset
 
 from offtune.buffers import datasets
 from offtune.buffers.datasets import DatasetInfo, OfflineData
 from offtune.buffers.replay import Batch, ReplayBuffer
 from offtune.buffers.transforms import Normalizer, RewardTransform, reward_transform
 from offtune.errors import OfftuneError, suggest
+from offtune.finetune.envs import make_vector_env
 from offtune.finetune.evaluate import (
     check_observation_size,
     evaluate,
     from_env_actions,
-    make_vector_env,
     to_env_actions,
 )
 from offtune.finetune.scores import RunDirectory
 from offtune.policies import ALGORITHMS
 from offtune.policies.checkpoint import load_checkpoint, save_checkpoint
 from offtune.policies.config import apply_overrides, config_from_dict, config_to_dict
+from offtune.policies.presets import preset
 
 
 class Interrupted(Exception):
@@ -44,6 +46,35 @@ class Interrupted(Exception):
     def __init__(self, checkpoint: Path, step: int) -> None:
         super().__init__(f"interrupted at step {step}; checkpoint written to {checkpoint}")
         self.checkpoint, self.step = checkpoint, step
+
+
+class GracefulStop:
+    """The first Ctrl-C asks the loop to stop after the current step; a second one stops at once.
+
+    Stopping between steps keeps the checkpoint consistent, so a resumed run equals an uninterrupted one.
+    """
+
+    def __init__(self) -> None:
+        self.requested = False
+        self.previous: Any = None
+
+    def __enter__(self) -> GracefulStop:
+        if threading.current_thread() is threading.main_thread():
+            self.previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def check(self) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+
+    def __exit__(self, *exc: object) -> None:
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
 
 
 class Progress(Protocol):
@@ -284,16 +315,16 @@ def pretrain(
         start = resumed["step"]
         run.truncate_after("offline", start)
         evaluations = [e for e in run.scores["evaluations"] if e["phase"] == "offline"]
-    else:
+    stage_averager = MetricAverager()
 
-        def report_stage(step: int, metrics: dict[str, Any]) -> None:
-            progress.advance(1, {k: float(v) for k, v in metrics.items()} if metrics else {})
+    stop = GracefulStop()
 
-        vae_steps = getattr(config, "vae_steps", 0)
-        if vae_steps:
-            progress.stage("VAE", vae_steps)
-        agent.prepare(lambda n: buffer.sample(n), report_stage)
-        agent.on_offline_start(steps)
+    def report_stage(stage_step: int, metrics: dict[str, torch.Tensor]) -> None:
+        stop.check()
+        stage_averager.add(metrics)
+        if stage_step % 100 == 0:
+            count = stage_averager.count
+            progress.advance(count, stage_averager.flush())
 
     def checkpoint(name: str, step: int, **extra: Any) -> Path:
         return save_checkpoint(
@@ -310,27 +341,35 @@ def pretrain(
 
     log_every = _log_interval(steps)
     averager = MetricAverager()
-    progress.stage(f"{algo.upper()} offline", steps, start)
-    step = start
-    started = time.perf_counter()
+    completed = start
     try:
-        for step in range(start + 1, steps + 1):
-            averager.add(agent.update(buffer.sample(config.batch_size)))
-            if step % log_every == 0 or step == steps:
-                count = averager.count
-                metrics = averager.flush()
-                metrics["updates_per_s"] = (step - start) / max(time.perf_counter() - started, 1e-9)
-                run.log_metrics(step, "offline", metrics)
-                progress.advance(count, metrics)
-            if step % eval_every == 0 or step == steps:
-                run_evaluation(step)
-                checkpoint("last.pt", step)
-                if step != steps:
-                    checkpoint(f"step_{step}.pt", step)
+        with stop:
+            stage_steps = getattr(config, "vae_steps", 0)
+            if stage_steps and start == 0:
+                progress.stage("VAE", stage_steps)
+            agent.prepare(lambda count: buffer.sample(count), report_stage)
+            agent.on_offline_start(steps)
+            progress.stage(f"{algo.upper()} offline", steps, start)
+            started = time.perf_counter()
+            for step in range(start + 1, steps + 1):
+                averager.add(agent.update(buffer.sample(config.batch_size)))
+                if step % log_every == 0 or step == steps:
+                    count = averager.count
+                    metrics = averager.flush()
+                    metrics["updates_per_s"] = (step - start) / max(time.perf_counter() - started, 1e-9)
+                    run.log_metrics(step, "offline", metrics)
+                    progress.advance(count, metrics)
+                if step % eval_every == 0 or step == steps:
+                    run_evaluation(step)
+                    checkpoint("last.pt", step)
+                    if step != steps:
+                        checkpoint(f"step_{step}.pt", step)
+                completed = step
+                stop.check()
     except KeyboardInterrupt:
-        path = checkpoint("last.pt", step - 1 if step > start else start)
+        path = checkpoint("last.pt", completed)
         run.close()
-        raise Interrupted(path, step) from None
+        raise Interrupted(path, completed) from None
     final = checkpoint("final.pt", steps)
     run.close()
     return RunResult(run.path, final, evaluations, run.scores)
@@ -457,41 +496,45 @@ def finetune(
     env_steps = start
     started = time.perf_counter()
     last_logged = start
+    stop = GracefulStop()
     try:
-        while env_steps < steps:
-            obs = prepared.normalizer(observations).astype(np.float32)
-            actions = agent.explore(torch.as_tensor(obs, device=torch_device)).cpu().numpy()
-            next_observations, rewards, terminated, truncated, infos = envs.step(to_env_actions(actions, info))
-            finished = terminated | truncated
-            real_next = next_observations.copy()
-            for i in np.flatnonzero(finished):
-                real_next[i] = infos["final_obs"][i]
-            buffer.add(obs, actions, prepared.rewards(rewards.astype(np.float32)),
-                       prepared.normalizer(real_next), terminated.astype(np.float32))
-            episode_return += rewards
-            for i in np.flatnonzero(finished):
-                final_info = infos.get("final_info", {})
-                success = final_info.get("success")
-                successes.append(bool(success[i]) if success is not None else bool(episode_return[i] > 0))
-                episode_return[i] = 0.0
-            observations = next_observations
-            for _ in range(updates_per_step):
-                averager.add(agent.update(buffer.sample(config.batch_size)))
-            previous, env_steps = env_steps, min(env_steps + num_envs, steps)
-            agent.anneal(env_steps / steps)
-            if env_steps // log_every != previous // log_every or env_steps == steps:
-                metrics = averager.flush()
-                metrics["env_steps_per_s"] = (env_steps - start) / max(time.perf_counter() - started, 1e-9)
-                if successes and info.family in ("antmaze", "pointmaze"):
-                    metrics["regret"] = _regret(successes)
-                run.log_metrics(env_steps, "online", metrics)
-                progress.advance(env_steps - last_logged, metrics)
-                last_logged = env_steps
-            if env_steps // eval_every != previous // eval_every or env_steps == steps:
-                run_evaluation(env_steps)
-                save("last.pt", env_steps, with_buffer=True)
-                if env_steps != steps:
-                    save(f"step_{env_steps}.pt", env_steps, with_buffer=False)
+        with stop:
+            while env_steps < steps:
+                obs = prepared.normalizer(observations).astype(np.float32)
+                actions = agent.explore(torch.as_tensor(obs, device=torch_device)).cpu().numpy()
+                stepped = envs.step(to_env_actions(actions, info))
+                next_observations, rewards, terminated, truncated, infos = stepped
+                finished = terminated | truncated
+                real_next = next_observations.copy()
+                for i in np.flatnonzero(finished):
+                    real_next[i] = infos["final_obs"][i]
+                buffer.add(obs, actions, prepared.rewards(rewards.astype(np.float32)),
+                           prepared.normalizer(real_next), terminated.astype(np.float32))
+                episode_return += rewards
+                for i in np.flatnonzero(finished):
+                    final_info = infos.get("final_info", {})
+                    success = final_info.get("success")
+                    successes.append(bool(success[i]) if success is not None else bool(episode_return[i] > 0))
+                    episode_return[i] = 0.0
+                observations = next_observations
+                for _ in range(updates_per_step):
+                    averager.add(agent.update(buffer.sample(config.batch_size)))
+                previous, env_steps = env_steps, min(env_steps + num_envs, steps)
+                agent.anneal(env_steps / steps)
+                if env_steps // log_every != previous // log_every or env_steps == steps:
+                    metrics = averager.flush()
+                    metrics["env_steps_per_s"] = (env_steps - start) / max(time.perf_counter() - started, 1e-9)
+                    if successes and info.family in ("antmaze", "pointmaze"):
+                        metrics["regret"] = _regret(successes)
+                    run.log_metrics(env_steps, "online", metrics)
+                    progress.advance(env_steps - last_logged, metrics)
+                    last_logged = env_steps
+                if env_steps // eval_every != previous // eval_every or env_steps == steps:
+                    run_evaluation(env_steps)
+                    save("last.pt", env_steps, with_buffer=True)
+                    if env_steps != steps:
+                        save(f"step_{env_steps}.pt", env_steps, with_buffer=False)
+                stop.check()
     except KeyboardInterrupt:
         path = save("last.pt", env_steps, with_buffer=True)
         envs.close()
