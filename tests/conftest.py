@@ -12,8 +12,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import torch
 
 from offtune.buffers import collect
+
+# The networks in tests are tiny: one thread is fastest and immune to other processes' load.
+torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session", autouse=True)
