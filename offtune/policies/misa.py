@@ -363,7 +363,7 @@ class MISAAgent:
         new_actions = torch.tanh(pre_tanh)
         log_pi = tanh_gaussian_log_prob(pre_tanh, mean, log_std)
 
-        # α: L_α = −log α·mean(log π(ã|s) − |A|).
+        # α: L_α = −log α·mean(log π(ã|s) + H_target), H_target = −|A| by default.
         if cfg.automatic_entropy:
             loss_alpha = alpha_loss(self.log_alpha, log_pi, self.target_entropy)
             alpha = self.log_alpha.detach().exp() * cfg.alpha_multiplier
