@@ -4,19 +4,9 @@ from __future__ import annotations
 
 import math
 
-import pytest
 import torch
 
 from offtune.policies import hmc
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors gain nothing from intra-op threads, and a busy machine makes their barriers slow."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def gaussian_1d(mean: float, variance: float):

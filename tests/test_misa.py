@@ -29,15 +29,6 @@ OBS, ACT = 4, 2
 CPU = torch.device("cpu")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors gain nothing from intra-op threads, and a busy machine makes their barriers slow."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def small_config(**overrides) -> MISAConfig:
     """Small networks and a short HMC chain: the same code paths, fast."""
     settings = dict(hidden_dims=(32, 32), n_actions=6, hmc_burnin_steps=2, hmc_num_samples=4)
