@@ -130,10 +130,17 @@ def soft_update(target: nn.Module, source: nn.Module, tau: float) -> None:
     torch._foreach_lerp_(target_params, source_params, tau)
 
 
+FUSED_ADAM_DEVICES = ("cuda", "cpu")
+
+
 def adam(params, lr: float) -> torch.optim.Adam:
-    """Adam with the fastest kernel the device offers (fused on CUDA, foreach elsewhere)."""
+    """Adam with the fastest kernel the device offers: fused (one kernel per step) on CUDA and CPU, foreach elsewhere.
+
+    On CPU the fused kernel takes a third of the time of the foreach one for our networks; it computes the
+    same update, rounded differently in the last bit.
+    """
     params = list(params)
-    fused = bool(params) and params[0].is_cuda
+    fused = bool(params) and params[0].device.type in FUSED_ADAM_DEVICES
     return torch.optim.Adam(params, lr=lr, fused=fused, foreach=not fused)
 
 
