@@ -9,6 +9,7 @@ run directory described in DESIGN.md, checkpoint atomically, stop cleanly on Ctr
 from __future__ import annotations
 
 import datetime as _dt
+import os
 import random
 import signal
 import threading
@@ -109,11 +110,19 @@ class RunResult:
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
+    """"auto" picks CUDA when present. On the CPU, torch gets one thread unless OMP_NUM_THREADS says
+    otherwise: 256-wide networks gain little from intra-op threads, and on small or shared machines
+    OpenMP's spinning threads can make every matmul many times slower (see benchmarks/throughput.py)."""
     if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(device)
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(device)
+    except RuntimeError:
+        raise OfftuneError(f"unknown device '{device}'; use auto, cpu, cuda or cuda:N") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise OfftuneError("--device cuda was asked for, but torch sees no CUDA device here")
+    if device.type == "cpu" and "OMP_NUM_THREADS" not in os.environ:
+        torch.set_num_threads(1)
     return device
 
 

@@ -1,0 +1,130 @@
+"""The trainer end to end on the small PointMaze dataset: run directory, checkpoints, resume, fine-tuning."""
+
+import json
+import signal
+
+import pytest
+import torch
+
+from offtune.errors import OfftuneError
+from offtune.finetune import trainer
+from offtune.policies.checkpoint import load_agent, load_checkpoint
+
+TINY = {
+    "iql": {"hidden_dims": "32,32", "batch_size": 32},
+    "spot": {"hidden_dims": "32,32", "batch_size": 32, "vae_steps": 20, "vae_hidden_dim": 32},
+    "misa": {"hidden_dims": "32,32", "batch_size": 32, "n_actions": 4, "hmc_num_samples": 2,
+             "hmc_burnin_steps": 1},
+}
+
+
+def pretrain_tiny(algo, dataset, out, steps=20, **kwargs):
+    return trainer.pretrain(algo, dataset, steps=steps, eval_every=kwargs.pop("eval_every", steps),
+                            eval_episodes=2, out=out, device="cpu", overrides=TINY[algo], **kwargs)
+
+
+@pytest.mark.parametrize("algo", ["iql", "spot", "misa"])
+def test_pretrain_writes_the_run_directory_and_a_checkpoint_that_round_trips(algo, pointmaze_dataset, tmp_path):
+    result = pretrain_tiny(algo, pointmaze_dataset, tmp_path / "run")
+    run = tmp_path / "run"
+    assert result.checkpoint == run / "checkpoints" / "final.pt"
+    scores = json.loads((run / "scores.json").read_text())
+    assert scores["rule"] == "success rate x 100"
+    assert [(e["phase"], e["step"], e["episodes"]) for e in scores["evaluations"]] == [("offline", 20, 2)]
+    config = json.loads((run / "config.json").read_text())
+    assert config["run"]["algo"] == algo and config["algo_config"]["hidden_dims"] == [32, 32]
+    metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert metrics[-1]["step"] == 20 and metrics[-1]["updates_per_s"] > 0
+    assert (run / "metrics.csv").read_text().startswith("step,phase,time")
+
+    raw = torch.load(result.checkpoint, weights_only=True)
+    assert raw["format"] == "offtune-checkpoint" and raw["algo"] == algo and raw["step"] == 20
+    loaded = load_agent(result.checkpoint)
+    observations = torch.randn(5, loaded.info.obs_dim)
+    torch.testing.assert_close(loaded.agent.act(observations), load_agent(result.checkpoint).agent.act(observations))
+
+
+class InterruptAt:
+    """A progress display that presses Ctrl-C once the offline stage reaches ``step``."""
+
+    def __init__(self, step: int) -> None:
+        self.step, self.done, self.sent, self.in_offline = step, 0, False, False
+
+    def stage(self, name, total, completed=0):
+        self.in_offline = "offline" in name or "online" in name
+        self.done = completed
+
+    def advance(self, count, metrics):
+        if self.in_offline:
+            self.done += count
+            if self.done >= self.step and not self.sent:
+                self.sent = True
+                signal.raise_signal(signal.SIGINT)
+
+    def evaluation(self, phase, step, summary):
+        pass
+
+
+@pytest.mark.parametrize("algo", ["iql", "spot"])
+def test_resume_after_ctrl_c_equals_an_uninterrupted_run(algo, pointmaze_dataset, tmp_path):
+    whole = pretrain_tiny(algo, pointmaze_dataset, tmp_path / "whole", steps=30, eval_every=10)
+    with pytest.raises(trainer.Interrupted) as stopped:
+        pretrain_tiny(algo, pointmaze_dataset, tmp_path / "cut", steps=30, eval_every=10, progress=InterruptAt(14))
+    assert stopped.value.step == 14
+    assert load_checkpoint(tmp_path / "cut" / "checkpoints" / "last.pt")["step"] == 14
+    resumed = trainer.pretrain(algo, None, resume=tmp_path / "cut", device="cpu")
+    first = torch.load(whole.checkpoint, weights_only=True)["agent"]
+    second = torch.load(resumed.checkpoint, weights_only=True)["agent"]
+    for key, value in first.items():
+        if torch.is_tensor(value):
+            assert torch.equal(value, second[key]), key
+    for name, module in first.items():
+        if isinstance(module, dict) and all(torch.is_tensor(v) for v in module.values()):
+            for parameter, tensor in module.items():
+                assert torch.equal(tensor, second[name][parameter]), f"{name}.{parameter}"
+    steps = [e["step"] for e in json.loads((tmp_path / "cut" / "scores.json").read_text())["evaluations"]]
+    assert steps == [10, 20, 30]
+
+
+def test_finetune_reports_before_and_after_and_resumes(pointmaze_dataset, tmp_path):
+    offline = pretrain_tiny("iql", pointmaze_dataset, tmp_path / "offline")
+    online = trainer.finetune(offline.checkpoint, steps=60, eval_every=30, eval_episodes=2, out=tmp_path / "ft",
+                              device="cpu", num_envs=2, online_ratio=0.5)
+    scores = json.loads((tmp_path / "ft" / "scores.json").read_text())
+    phases = [(e["phase"], e["step"]) for e in scores["evaluations"]]
+    assert phases == [("offline", 20), ("online", 0), ("online", 30), ("online", 60)]
+    assert scores["before"]["step"] == 0 and scores["after"]["step"] == 60
+    assert "regret" in scores and (scores["regret"] is None or 0.0 <= scores["regret"] <= 1.0)
+    assert "| iql |" in (tmp_path / "ft" / "report.md").read_text()
+    final = load_checkpoint(online.checkpoint)
+    assert final["phase"] == "online" and final["step"] == 60
+
+    with pytest.raises(trainer.Interrupted):
+        trainer.finetune(offline.checkpoint, steps=60, eval_every=30, eval_episodes=2, out=tmp_path / "cut",
+                         device="cpu", progress=InterruptAt(20))
+    last = load_checkpoint(tmp_path / "cut" / "checkpoints" / "last.pt")
+    assert last["buffer"]["online"].shape[0] == last["step"] >= 20
+    resumed = trainer.finetune(resume=tmp_path / "cut", device="cpu")
+    assert resumed.scores["after"]["step"] == 60
+    assert [e["step"] for e in resumed.scores["evaluations"] if e["phase"] == "online"] == [0, 30, 60]
+
+
+def test_user_mistakes_are_offtune_errors(pointmaze_dataset, tmp_path):
+    with pytest.raises(OfftuneError, match="Did you mean: spot"):
+        trainer.pretrain("spott", pointmaze_dataset, steps=1, out=tmp_path / "a")
+    with pytest.raises(OfftuneError, match="unknown setting 'expectle'"):
+        trainer.pretrain("iql", pointmaze_dataset, steps=1, out=tmp_path / "b", overrides={"expectle": "0.9"})
+    with pytest.raises(OfftuneError, match="expected a value of type float"):
+        trainer.pretrain("iql", pointmaze_dataset, steps=1, out=tmp_path / "c", overrides={"expectile": "high"})
+    offline = pretrain_tiny("iql", pointmaze_dataset, tmp_path / "offline")
+    with pytest.raises(OfftuneError, match="pretraining run"):
+        trainer.finetune(resume=tmp_path / "offline", device="cpu")
+
+
+def test_a_checkpoint_whose_observation_size_does_not_fit_is_refused(pointmaze_dataset, tmp_path):
+    offline = pretrain_tiny("iql", pointmaze_dataset, tmp_path / "offline")
+    data = torch.load(offline.checkpoint, weights_only=True)
+    data["dataset"]["obs_dim"] = 9
+    torch.save(data, tmp_path / "wrong.pt")
+    with pytest.raises(OfftuneError, match="observations of size 9"):
+        trainer.finetune(tmp_path / "wrong.pt", steps=5, device="cpu", out=tmp_path / "ft")
