@@ -15,6 +15,17 @@ import torch
 from torch import nn
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "elu": nn.ELU, "tanh": nn.Tanh}
+IN_PLACE = (nn.ReLU, nn.ELU)
+
+
+def make_activation(name: str) -> nn.Module:
+    """The named activation; ReLU and ELU work in place, saving a (batch, width) tensor per hidden layer.
+
+    Safe in our stacks: the tensor they overwrite is the fresh output of the layer before, which no
+    backward formula needs (ReLU's and ELU's own backward read their result).
+    """
+    cls = ACTIVATIONS[name]
+    return cls(inplace=True) if issubclass(cls, IN_PLACE) else cls()
 
 
 def mlp(
@@ -35,7 +46,7 @@ def mlp(
             layers.append(nn.LayerNorm(size))
         if dropout > 0 and dropout_before_activation:
             layers.append(nn.Dropout(dropout))
-        layers.append(ACTIVATIONS[activation]())
+        layers.append(make_activation(activation))
         if dropout > 0 and not dropout_before_activation:
             layers.append(nn.Dropout(dropout))
         width = size
@@ -96,7 +107,7 @@ def ensemble_mlp(
         layers.append(EnsembleLinear(members, width, size))
         if layer_norm:
             layers.append(EnsembleLayerNorm(members, size))
-        layers.append(ACTIVATIONS[activation]())
+        layers.append(make_activation(activation))
         width = size
     layers.append(EnsembleLinear(members, width, out_dim))
     return nn.Sequential(*layers)
