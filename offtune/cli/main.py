@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import sys
 
 import click
@@ -40,6 +42,13 @@ def _register() -> None:
     cli.add_command(export_command)
 
 
+def _quiet_imports() -> None:
+    """gymnasium-robotics prints an Adroit reward notice to stderr on every import; keep our output clean."""
+    with contextlib.redirect_stderr(io.StringIO()):
+        import gymnasium_robotics  # noqa: F401
+
+
 def main() -> None:
+    _quiet_imports()
     _register()
     cli()
