@@ -1,0 +1,84 @@
+"""The training commands as a user types them: output, files, exit codes, reports and plots."""
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from offtune.cli.main import _register, cli
+
+_register()
+TINY = ["--set", "hidden_dims=32,32", "--set", "batch_size=32"]
+
+
+def run(*args):
+    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
+
+
+@pytest.fixture(scope="module")
+def pretrained(pointmaze_dataset, tmp_path_factory):
+    out = tmp_path_factory.mktemp("cli") / "iql"
+    result = run("pretrain", "iql", pointmaze_dataset, "--steps", 30, "--eval-episodes", 2, "--out", out,
+                 "--device", "cpu", *TINY)
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def test_pretrain_prints_the_score_table_and_checkpoint(pretrained):
+    scores = json.loads((pretrained / "scores.json").read_text())
+    assert scores["evaluations"][0]["step"] == 30
+    assert (pretrained / "checkpoints" / "final.pt").exists()
+
+
+def test_evaluate_json(pretrained):
+    result = run("evaluate", pretrained / "checkpoints" / "final.pt", "--episodes", 3, "--json")
+    assert result.exit_code == 0
+    data = json.loads(result.output)
+    assert data["episodes"] == 3 and len(data["returns"]) == 3 and data["rule"] == "success rate x 100"
+
+
+def test_finetune_report_and_plot(pretrained, tmp_path):
+    result = run("finetune", pretrained / "checkpoints" / "final.pt", "--steps", 40, "--eval-every", 20,
+                 "--eval-episodes", 2, "--out", tmp_path / "ft", "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    assert "before" in result.output and "after" in result.output
+    second = run("finetune", pretrained / "checkpoints" / "final.pt", "--steps", 40, "--eval-episodes", 2,
+                 "--seed", 1, "--out", tmp_path / "ft-seed1", "--device", "cpu")
+    assert second.exit_code == 0, second.output
+
+    markdown = run("report", tmp_path / "ft", tmp_path / "ft-seed1", "--format", "markdown")
+    lines = markdown.output.splitlines()
+    assert lines[0] == "| dataset | iql |"
+    assert lines[2].startswith("| pointmaze-umaze-v0 | ") and "→" in lines[2]
+    assert lines[3].startswith("| total |")
+    data = json.loads(run("report", tmp_path, "--format", "json").output)
+    assert data["cells"][0]["seeds"] == 2
+    assert run("report", tmp_path, "--format", "csv").output.startswith("dataset,iql")
+    assert run("report", tmp_path).exit_code == 0
+    plotted = run("plot", tmp_path, "-o", tmp_path / "curves.png")
+    assert plotted.exit_code == 0 and (tmp_path / "curves.png").stat().st_size > 1000
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["pretrain", "iqll", "pointmaze-umaze"], "Did you mean: iql"),
+        (["pretrain", "iql", "antmaze-umazee-v2"], "antmaze-umaze-v2"),
+        (["pretrain", "iql", "pointmaze-umaze", "--set", "expectile=high"], "expected a value of type float"),
+        (["pretrain", "iql", "pointmaze-umaze", "--set", "expectle=0.9"], "Did you mean: expectile"),
+        (["evaluate", "missing.pt"], "does not exist"),
+        (["report", "nowhere"], "does not exist"),
+    ],
+)
+def test_user_mistakes_exit_2_with_one_line(args, message, pointmaze_dataset):
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 2, result.output
+    assert message in result.output
+    assert "Traceback" not in result.output
+
+
+def test_corrupt_checkpoint_exits_2(tmp_path, pretrained):
+    broken = tmp_path / "broken.pt"
+    broken.write_bytes((pretrained / "checkpoints" / "final.pt").read_bytes()[:1000])
+    result = CliRunner().invoke(cli, ["finetune", str(broken), "--steps", "5"])
+    assert result.exit_code == 2 and "truncated" in result.output
