@@ -1,0 +1,388 @@
+"""Throughput, measured side by side in one run: offtune's updates against plain reference code, the live env,
+and the fine-tuning loop.
+
+    python benchmarks/throughput.py [--seconds 6] [--device cpu] [--threads N] [--compile] [--json]
+
+What it measures (batch 256, 256x256 networks, the official AntMaze settings of each algorithm, on the
+observation and action sizes of ``antmaze-umaze-v2``: 29 and 8):
+
+- updates/s of offtune's IQL, SPOT and MISA (MISA with its HMC term, as offline; and without it, as online
+  by default) and of ``benchmarks/reference.py``'s IQL and SPOT (plain public-code style), on 1M synthetic
+  transitions. The contenders run in interleaved rounds and each keeps its best round, so a machine shared
+  with other work slows all of them alike and the ratios stay meaningful;
+- env steps/s of the live AntMaze env offtune fine-tunes in (``offtune.finetune.envs.make_vector_env``,
+  one env, random actions, autoreset);
+- steps/s of ``offtune.finetune.trainer.finetune``'s loop (explore, env step, append, one IQL update), on a
+  small AntMaze-umaze dataset written with Minari into a temporary folder, against the rate that an env step
+  plus an update measured separately would give.
+
+``--compile`` also measures offtune's agents with every network compiled in place by ``torch.compile``. No
+timing is asserted anywhere; the table says which targets the run met.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import click
+import numpy as np
+import torch
+from rich.console import Console
+from rich.table import Table
+from torch.utils.flop_counter import FlopCounterMode
+
+from offtune.buffers import collect, datasets
+from offtune.buffers.replay import Batch, ReplayBuffer
+from offtune.finetune import trainer
+from offtune.finetune.envs import make_vector_env
+from offtune.policies.config import apply_overrides
+
+try:
+    from benchmarks.reference import NumpyReplayBuffer, ReferenceIQL, ReferenceSPOT
+except ModuleNotFoundError:  # run as a script: benchmarks/ is the script's own folder
+    from reference import NumpyReplayBuffer, ReferenceIQL, ReferenceSPOT
+
+DATASET = "antmaze-umaze-v2"
+MINARI_ID = "D4RL/antmaze/umaze-v1"
+TARGET_SPEEDUP = 2.0
+TARGET_MISA_COST = 8.0
+TARGET_LOOP_SHARE = 0.8
+
+
+@dataclass
+class Rate:
+    """Best and median of the per-round rates of one contender."""
+
+    name: str
+    unit: str
+    best: float
+    median: float
+    rounds: list[float] = field(default_factory=list)
+    note: str = ""
+    gflop: float | None = None
+    """Matmul GFLOP per update (forward and backward), counted by ``torch.utils.flop_counter``."""
+
+    @property
+    def gflops(self) -> float | None:
+        """Achieved matmul GFLOP/s in the best round."""
+        return None if self.gflop is None else self.gflop * self.best
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def interleaved_rates(
+    contenders: dict[str, Callable[[], Any]], seconds: float, rounds: int, device: torch.device, unit: str
+) -> dict[str, Rate]:
+    """Run each contender for ``seconds / rounds`` per round, taking turns, ``rounds`` times."""
+    per_round = seconds / rounds
+    samples: dict[str, list[float]] = {name: [] for name in contenders}
+    for _ in range(rounds):
+        for name, step in contenders.items():
+            synchronize(device)
+            count, started = 0, time.perf_counter()
+            while True:
+                step()
+                count += 1
+                if count % 4 == 0:
+                    synchronize(device)
+                    elapsed = time.perf_counter() - started
+                    if elapsed >= per_round:
+                        break
+            samples[name].append(count / elapsed)
+    return {
+        name: Rate(name, unit, max(values), statistics.median(values), [round(v, 2) for v in values])
+        for name, values in samples.items()
+    }
+
+
+def matmul_gflop(step: Callable[[], Any], calls: int = 2) -> float:
+    """Matmul GFLOP per call of ``step``, averaged over ``calls`` (2 covers SPOT's actor-every-2 cycle)."""
+    with FlopCounterMode(display=False) as counter:
+        for _ in range(calls):
+            step()
+    return counter.get_total_flops() / calls / 1e9
+
+
+def synthetic_transitions(rows: int, obs_dim: int, action_dim: int, seed: int = 0) -> Batch:
+    """Random transitions of the dataset's shapes: the update's cost does not depend on the values."""
+    rng = np.random.default_rng(seed)
+    return Batch(
+        rng.normal(size=(rows, obs_dim)).astype(np.float32),
+        rng.uniform(-1.0, 1.0, size=(rows, action_dim)).astype(np.float32),
+        (rng.uniform(size=rows) < 0.01).astype(np.float32) - 1.0,
+        rng.normal(size=(rows, obs_dim)).astype(np.float32),
+        (rng.uniform(size=rows) < 0.01).astype(np.float32),
+    )
+
+
+def compile_networks(agent: Any) -> None:
+    """Compile every ``nn.Module`` the agent holds in place (``Module.compile``: same parameters and keys)."""
+    for value in vars(agent).values():
+        if isinstance(value, torch.nn.Module):
+            value.compile()
+
+
+def offtune_agent(algo: str, info: datasets.DatasetInfo, device: torch.device, **overrides: Any) -> tuple[Any, Any]:
+    """An agent with the dataset's preset, ready for actor-critic updates (SPOT's VAE frozen untrained)."""
+    config = trainer.build_config(algo, info)
+    if algo == "spot":
+        overrides = {"vae_steps": 0, **overrides}
+    config = apply_overrides(config, overrides)
+    _, agent_cls = trainer.algorithm(algo)
+    agent = agent_cls(info.obs_dim, info.action_dim, config, device)
+    agent.prepare(lambda size: None, lambda step, metrics: None)
+    agent.on_offline_start(1_000_000)
+    return agent, config
+
+
+def write_dataset(root: Path) -> datasets.DatasetInfo:
+    os.environ["MINARI_DATASETS_PATH"] = str(root)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        collect.write_antmaze_like(MINARI_ID, "umaze", episodes=10, steps=200, seed=0, force=True)
+        return datasets.load(DATASET).info
+
+
+def update_rates(
+    info: datasets.DatasetInfo, device: torch.device, seconds: float, rounds: int, rows: int, compile_: bool
+) -> tuple[dict[str, Rate], dict[str, str]]:
+    """Updates/s of every contender, and why a compiled variant could not be measured (if so)."""
+    transitions = synthetic_transitions(rows, info.obs_dim, info.action_dim)
+    buffer = ReplayBuffer(info.obs_dim, info.action_dim, transitions, device=device)
+    host_buffer = NumpyReplayBuffer(*transitions, device=device)
+
+    iql, iql_config = offtune_agent("iql", info, device)
+    spot, spot_config = offtune_agent("spot", info, device)
+    misa, misa_config = offtune_agent("misa", info, device)
+    misa_online, _ = offtune_agent("misa", info, device)
+    misa_online.on_online_start()
+    plain_iql = ReferenceIQL(
+        info.obs_dim, info.action_dim, device, expectile=iql_config.expectile, beta=iql_config.beta,
+        discount=iql_config.discount, max_steps=1_000_000,
+    )
+    plain_spot = ReferenceSPOT(
+        info.obs_dim, info.action_dim, device, actor_lr=spot_config.actor_lr, critic_lr=spot_config.critic_lr,
+        discount=spot_config.discount, lambd=spot_config.lam, actor_dropout=spot_config.actor_dropout,
+    )
+    batch_size = iql_config.batch_size
+    contenders: dict[str, Callable[[], Any]] = {
+        "offtune IQL": lambda: iql.update(buffer.sample(batch_size)),
+        "reference IQL": lambda: plain_iql.train(host_buffer.sample(batch_size)),
+        "offtune SPOT": lambda: spot.update(buffer.sample(batch_size)),
+        "reference SPOT": lambda: plain_spot.train(host_buffer.sample(batch_size)),
+        "offtune MISA": lambda: misa.update(buffer.sample(misa_config.batch_size)),
+        "offtune MISA (online, no HMC)": lambda: misa_online.update(buffer.sample(misa_config.batch_size)),
+    }
+    notes: dict[str, str] = {}
+    if compile_:
+        compiled = {"iql": offtune_agent("iql", info, device)[0], "spot": offtune_agent("spot", info, device)[0],
+                    "misa": offtune_agent("misa", info, device)[0]}
+        for algo, agent in compiled.items():
+            name = f"offtune {algo.upper()} + compile"
+            try:
+                compile_networks(agent)
+                started = time.perf_counter()
+                for _ in range(3):
+                    agent.update(buffer.sample(batch_size))
+                synchronize(device)
+                notes[name] = f"compiled in {time.perf_counter() - started:.0f} s"
+                contenders[name] = (lambda a: lambda: a.update(buffer.sample(batch_size)))(agent)
+            except Exception as error:  # noqa: BLE001 - report why compile is not viable, do not fake a number
+                notes[name] = f"torch.compile failed: {type(error).__name__}: {str(error).splitlines()[0][:100]}"
+    flops = {name: matmul_gflop(step) for name, step in contenders.items() if "compile" not in name}
+    for step in contenders.values():
+        for _ in range(3):
+            step()
+    rates = interleaved_rates(contenders, seconds, rounds, device, "updates/s")
+    for name, rate in rates.items():
+        rate.gflop = flops.get(name.removesuffix(" + compile"))
+        rate.note = notes.get(name, "")
+    failures = {name: note for name, note in notes.items() if name not in rates}
+    return rates, failures
+
+
+def env_rate(info: datasets.DatasetInfo, seconds: float) -> Rate:
+    """Raw stepping of the live env the loop uses, random actions, same-step autoreset."""
+    envs = make_vector_env(info, 1)
+    envs.reset(seed=0)
+    envs.action_space.seed(0)
+    actions = [envs.action_space.sample() for _ in range(1000)]
+    rates = []
+    for _ in range(3):
+        count, started = 0, time.perf_counter()
+        while time.perf_counter() - started < seconds / 3:
+            envs.step(actions[count % len(actions)])
+            count += 1
+        rates.append(count / (time.perf_counter() - started))
+    envs.close()
+    return Rate("env step (AntMaze_UMaze-v4, live task wrapper)", "steps/s", max(rates), statistics.median(rates),
+                [round(r, 1) for r in rates])
+
+
+def loop_rate(root: Path, device: torch.device, steps: int, rounds: int) -> Rate:
+    """``trainer.finetune`` for ``steps`` online steps (UTD 1) from a 2-update IQL checkpoint.
+
+    The loop logs its step count with a timestamp about 50 times; the rate of each of ``rounds`` equal
+    stretches of those logs gives the rounds, so the best one is comparable with the other best rounds.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        pretrained = trainer.pretrain("iql", DATASET, steps=2, eval_episodes=1, device=str(device),
+                                      out=root / "pretrain")
+        run = trainer.finetune(pretrained.checkpoint, steps=steps, eval_episodes=1, device=str(device),
+                               out=root / "finetune")
+    rows = [json.loads(line) for line in (run.run_dir / "metrics.jsonl").read_text().splitlines()]
+    online = [(row["step"], row["time"]) for row in rows if row.get("phase") == "online" and "env_steps_per_s" in row]
+    bounds = np.linspace(0, len(online) - 1, rounds + 1).round().astype(int)
+    stretches = [
+        (online[end][0] - online[start][0]) / (online[end][1] - online[start][1])
+        for start, end in zip(bounds[:-1], bounds[1:], strict=True)
+        if end > start and online[end][1] > online[start][1]
+    ]
+    overall = (online[-1][0] - online[0][0]) / max(online[-1][1] - online[0][1], 1e-9)
+    stretches = stretches or [overall]
+    return Rate("fine-tuning loop (IQL, UTD 1)", "steps/s", max(stretches), statistics.median(stretches),
+                [round(r, 2) for r in stretches], note=f"trainer.finetune, {steps} steps")
+
+
+def environment(device: torch.device) -> dict[str, Any]:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "date": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "device": str(device) if device.type != "cuda" else torch.cuda.get_device_name(device),
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "load_average": [round(v, 2) for v in os.getloadavg()],
+    }
+
+
+def summarize(rates: dict[str, Rate]) -> list[dict[str, Any]]:
+    """The targets, as ratios of the best rounds of this run, each beside its matmul-FLOP ratio.
+
+    The FLOP ratio is what the speed ratio would be if both sides spent all their time in matmuls at the
+    same GFLOP/s: where the device is compute-bound (a CPU at batch 256), no overhead removal gets past it.
+    """
+    checks = []
+
+    def check(name: str, value: float, target: float, higher: bool, meaning: str, flop_ratio: float | None) -> None:
+        met = value >= target if higher else value <= target
+        checks.append({"check": name, "value": round(value, 3), "target": ("≥ " if higher else "≤ ") + f"{target:g}",
+                       "met": met, "flop_ratio": None if flop_ratio is None else round(flop_ratio, 3),
+                       "meaning": meaning})
+
+    def flop_ratio(numerator: str, denominator: str) -> float | None:
+        top, bottom = rates[numerator].gflop, rates[denominator].gflop
+        return None if not top or not bottom else top / bottom
+
+    for algo in ("IQL", "SPOT"):
+        reference = f"reference {algo}"
+        for variant in (f"offtune {algo}", f"offtune {algo} + compile"):
+            if variant in rates:
+                check(f"{variant.removeprefix('offtune ')} speed-up", rates[variant].best / rates[reference].best,
+                      TARGET_SPEEDUP, True, f"{variant} updates/s ÷ {reference} updates/s",
+                      flop_ratio(reference, variant))
+    for variant, what in (("offtune MISA", "with HMC"), ("offtune MISA (online, no HMC)", "online, no HMC")):
+        check(f"MISA cost ({what})", rates["offtune IQL"].best / rates[variant].best, TARGET_MISA_COST, False,
+              f"time per MISA update ({what}) ÷ time per offtune IQL update", flop_ratio(variant, "offtune IQL"))
+    separate = 1.0 / (1.0 / rates["env"].best + 1.0 / rates["offtune IQL"].best)
+    check("loop share", rates["loop"].best / separate, TARGET_LOOP_SHARE, True,
+          f"loop steps/s ÷ (env step + IQL update measured apart = {separate:.1f} steps/s)", None)
+    return checks
+
+
+def print_table(rates: dict[str, Rate], checks: list[dict[str, Any]], env: dict[str, Any], failures: dict[str, str],
+                console: Console) -> None:
+    table = Table(title="offtune throughput (best and median of interleaved rounds)", title_justify="left")
+    for column, justify in (("measurement", "left"), ("best", "right"), ("median", "right"), ("unit", "left"),
+                            ("GFLOP/update", "right"), ("GFLOP/s", "right"), ("note", "left")):
+        table.add_column(column, justify=justify)
+    for rate in rates.values():
+        table.add_row(
+            rate.name, f"{rate.best:,.1f}", f"{rate.median:,.1f}", rate.unit,
+            "" if rate.gflop is None else f"{rate.gflop:.3g}", "" if rate.gflops is None else f"{rate.gflops:.0f}",
+            rate.note,
+        )
+    console.print(table)
+    for name, reason in failures.items():
+        console.print(f"[yellow]{name}: {reason}[/]")
+    targets = Table(title="targets (ratios of best rounds, this run)", title_justify="left")
+    for column in ("check", "value", "target", "met", "matmul FLOP ratio", "meaning"):
+        targets.add_column(column, justify="right" if column in ("value", "matmul FLOP ratio") else "left")
+    for row in checks:
+        targets.add_row(row["check"], f"{row['value']:.2f}", row["target"],
+                        "[green]yes[/]" if row["met"] else "[red]no[/]",
+                        "" if row["flop_ratio"] is None else f"{row['flop_ratio']:.2f}", row["meaning"])
+    console.print(targets)
+    console.print(
+        f"{env['date']}  device {env['device']} ({env['cpu']}, {env['cores']} cores)  torch {env['torch']} "
+        f"with {env['torch_threads']} threads  python {env['python']}  load average {env['load_average']} at the "
+        f"start, {env['load_average_end']} at the end"
+    )
+
+
+@click.command()
+@click.option("--seconds", default=6.0, show_default=True, help="Time per measurement (split over the rounds).")
+@click.option("--rounds", default=6, show_default=True, help="Interleaved rounds of the update contenders.")
+@click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:1, ...")
+@click.option("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice).")
+@click.option("--rows", default=1_000_000, show_default=True, help="Synthetic transitions in the replay buffers.")
+@click.option("--loop-steps", type=int, default=None, help="Online steps of the fine-tuning loop (default: ~seconds).")
+@click.option("--compile", "compile_", is_flag=True, help="Also measure the agents with torch.compile'd networks.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document instead of tables.")
+def main(seconds: float, rounds: int, device: str, threads: int | None, rows: int, loop_steps: int | None,
+         compile_: bool, as_json: bool) -> None:
+    torch_device = trainer.resolve_device(device)
+    if threads is not None:
+        torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    console = Console(stderr=as_json, width=None if sys.stdout.isatty() else 170)
+    env = environment(torch_device)
+    with tempfile.TemporaryDirectory(prefix="offtune-throughput-") as tmp:
+        root = Path(tmp)
+        with console.status("writing a small AntMaze-umaze dataset"):
+            info = write_dataset(root / "minari")
+        with console.status("updates/s (interleaved rounds)"):
+            rates, failures = update_rates(info, torch_device, seconds, rounds, rows, compile_)
+        with console.status("env steps/s"):
+            rates["env"] = env_rate(info, seconds)
+        separate = 1.0 / (1.0 / rates["env"].best + 1.0 / rates["offtune IQL"].best)
+        steps = loop_steps or max(200, int(seconds * separate))
+        with console.status(f"fine-tuning loop ({steps} steps)"):
+            rates["loop"] = loop_rate(root / "runs", torch_device, steps, rounds)
+    env["load_average_end"] = [round(v, 2) for v in os.getloadavg()]
+    checks = summarize(rates)
+    if as_json:
+        document = {"environment": env, "rates": [asdict(r) for r in rates.values()], "targets": checks,
+                    "compile_failures": failures}
+        print(json.dumps(document, indent=2))
+    else:
+        print_table(rates, checks, env, failures, console)
+
+
+if __name__ == "__main__":
+    main()
