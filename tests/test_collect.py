@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import gymnasium as gym
 import minari
@@ -12,7 +13,7 @@ import stable_baselines3
 from gymnasium_robotics.envs.maze.maps import U_MAZE
 
 from offtune.buffers import collect
-from offtune.buffers.datasets import ANTMAZE_UMAZE_MAP, POINTMAZE_EVAL_MAPS, make_gym_env
+from offtune.buffers.datasets import ANTMAZE_UMAZE_MAP, POINTMAZE_EVAL_MAPS, local_ids, make_gym_env
 from offtune.errors import OfftuneError
 
 
@@ -134,3 +135,15 @@ def test_antmaze_stand_in_has_the_published_spec(antmaze_umaze_dataset):
     np.testing.assert_array_equal(episode.infos["qpos"][:, :2], episode.observations["achieved_goal"])
     assert dataset.observation_space["observation"].shape == (27,)
     assert not any(e.terminations.any() for e in dataset.iterate_episodes())
+
+
+def test_malformed_ids_are_refused_and_stray_folders_do_not_break_listing(minari_root, pointmaze_dataset):
+    with pytest.raises(OfftuneError, match="not a valid Minari dataset id"):
+        collect.collect_pointmaze("umaze", steps=10, dataset_id="me/maze-noise0.5-v0")
+    stray = minari_root / "me" / "bad-name0.5-v0" / "data"
+    stray.mkdir(parents=True)
+    (stray / "metadata.json").write_text("{}")
+    try:
+        assert pointmaze_dataset in local_ids()
+    finally:
+        shutil.rmtree(minari_root / "me")

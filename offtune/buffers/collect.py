@@ -33,6 +33,7 @@ from offtune.buffers.datasets import (
     local_ids,
     make_gym_env,
     maze_cell,
+    valid_dataset_id,
 )
 from offtune.errors import OfftuneError
 
@@ -374,7 +375,11 @@ def collect_pointmaze(
 
 
 def _check_free(dataset_id: str, force: bool) -> None:
-    """Fail before collecting, not after, when the id is taken."""
+    """Fail before collecting, not after, when the id is malformed or taken."""
+    if not valid_dataset_id(dataset_id):
+        raise OfftuneError(
+            f"'{dataset_id}' is not a valid Minari dataset id: use namespace/name-vN with letters, digits, - and _"
+        )
     if dataset_id in local_ids() and not force:
         raise OfftuneError(f"dataset {dataset_id} already exists locally; pass --force to overwrite it")
 

@@ -366,13 +366,33 @@ def datasets_root() -> Path:
     return Path(get_dataset_path())
 
 
+def valid_dataset_id(dataset_id: str) -> bool:
+    """Whether Minari accepts ``dataset_id`` (``namespace/name-vN``; letters, digits, ``-`` and ``_``)."""
+    from minari.dataset.minari_dataset import parse_dataset_id
+
+    try:
+        parse_dataset_id(dataset_id)
+    except ValueError:
+        return False
+    return True
+
+
 def local_ids() -> list[str]:
-    """Ids of the Minari datasets under ``datasets_root()``."""
+    """Ids of the Minari datasets under ``datasets_root()``.
+
+    A stray folder whose name Minari cannot parse makes ``minari.list_local_datasets`` fail for every
+    dataset; then the folders are listed directly and the malformed ones skipped.
+    """
     import minari
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return list(minari.list_local_datasets())
+        try:
+            return list(minari.list_local_datasets())
+        except ValueError:
+            root = datasets_root()
+            found = (str(p.parent.parent.relative_to(root)) for p in root.glob("**/data/metadata.json"))
+            return sorted(i for i in found if valid_dataset_id(i))
 
 
 def local_size(minari_id: str) -> int:
