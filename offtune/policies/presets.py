@@ -105,8 +105,9 @@ MISA_FAMILIES: dict[str, dict[str, Any]] = {
     "locomotion": {"reward_transform": "identity"},
     "antmaze": _MISA_ANTMAZE,
     # No PointMaze setting exists: sparse goal reaching like AntMaze, so the same rewards 4(r - 0.5) and the
-    # Lagrange form, whose gap 3.0 assumes that reward scale.
-    "pointmaze": _MISA_ANTMAZE,
+    # Lagrange form, whose gap 3.0 assumes that reward scale. LayerNorm stays off so that PointMaze
+    # checkpoints export to Stable-Baselines3, whose MLPs have no LayerNorm.
+    "pointmaze": {**_MISA_ANTMAZE, "layer_norm": False},
     "kitchen": {"reward_transform": "minmax_unit", "q_lr": 1e-4, "bc_weight": 3.0, "layer_norm": True},
     "adroit": {
         "reward_transform": "minmax_unit",
