@@ -282,6 +282,7 @@ def pretrain(
     resume: str | Path | None = None,
     download: bool = False,
     progress: Progress | None = None,
+    label: str | None = None,
 ) -> RunResult:
     """Offline phase: ``steps`` actor-critic updates on ``dataset`` (SPOT trains its VAE first)."""
     progress = progress or SilentProgress()
@@ -292,6 +293,7 @@ def pretrain(
             raise OfftuneError(f"{resume} holds a fine-tuning run; resume it with `offtune finetune --resume`")
         run_settings = resumed["run"]
         algo, dataset, seed = resumed["algo"], run_settings["dataset"], run_settings["seed"]
+        label = run_settings.get("label")
         steps, eval_every = run_settings["steps"], run_settings["eval_every"]
         eval_episodes = run_settings["eval_episodes"]
         batch_size, task_mode, out = None, resumed["dataset"]["task_mode"], resume
@@ -308,7 +310,8 @@ def pretrain(
     eval_episodes = eval_episodes or default_eval_episodes(info)
     run = RunDirectory(out or default_run_dir(algo, dataset, seed), logger)
     run_settings = {"phase": "offline", "algo": algo, "dataset": dataset, "seed": seed, "steps": steps,
-                    "eval_every": eval_every, "eval_episodes": eval_episodes, "device": str(torch_device)}
+                    "eval_every": eval_every, "eval_episodes": eval_episodes, "device": str(torch_device),
+                    **({"label": label} if label else {})}
     run.write_config({"run": run_settings, "algo_config": config_to_dict(config), "dataset": info.to_dict()})
 
     seed_everything(seed)
@@ -406,6 +409,7 @@ def finetune(
     resume: str | Path | None = None,
     download: bool = False,
     progress: Progress | None = None,
+    label: str | None = None,
 ) -> RunResult:
     """Online phase: ``steps`` env steps in the live env, ``utd`` updates per env step, from a checkpoint."""
     progress = progress or SilentProgress()
@@ -419,7 +423,7 @@ def finetune(
         steps, utd, num_envs = settings["steps"], settings["utd"], settings["num_envs"]
         online_ratio, buffer_size, seed = settings["online_ratio"], settings["buffer_size"], settings["seed"]
         eval_every, eval_episodes = settings["eval_every"], settings["eval_episodes"]
-        out = resume
+        label, out = settings.get("label"), resume
     else:
         if checkpoint is None:
             raise OfftuneError("give a checkpoint to fine-tune, or --resume DIR")
@@ -448,7 +452,7 @@ def finetune(
     settings = {"phase": "online", "algo": algo, "dataset": info.name, "checkpoint": str(source["path"]),
                 "seed": seed, "steps": steps, "utd": utd, "num_envs": num_envs, "online_ratio": online_ratio,
                 "buffer_size": buffer_size, "eval_every": eval_every, "eval_episodes": eval_episodes,
-                "device": str(torch_device)}
+                "device": str(torch_device), **({"label": label} if label else {})}
     run.write_config({"run": settings, "algo_config": config_to_dict(config), "dataset": info.to_dict()})
 
     seed_everything(seed)
