@@ -423,11 +423,12 @@ def finetune(
         steps, utd, num_envs = settings["steps"], settings["utd"], settings["num_envs"]
         online_ratio, buffer_size, seed = settings["online_ratio"], settings["buffer_size"], settings["seed"]
         eval_every, eval_episodes = settings["eval_every"], settings["eval_episodes"]
-        label, out = settings.get("label"), resume
+        label, out, origin = settings.get("label"), resume, settings["checkpoint"]
     else:
         if checkpoint is None:
             raise OfftuneError("give a checkpoint to fine-tune, or --resume DIR")
         source = load_checkpoint(checkpoint)
+        origin = str(source["path"])
     if utd < 1 or num_envs < 1 or steps < 1:
         raise OfftuneError("--steps, --utd and --num-envs must be positive")
     algo = source["algo"]
@@ -449,7 +450,7 @@ def finetune(
     eval_episodes = eval_episodes or default_eval_episodes(info)
     buffer_size = buffer_size or steps
     run = RunDirectory(out or default_run_dir(algo, info.name, seed, "-ft"), logger)
-    settings = {"phase": "online", "algo": algo, "dataset": info.name, "checkpoint": str(source["path"]),
+    settings = {"phase": "online", "algo": algo, "dataset": info.name, "checkpoint": origin,
                 "seed": seed, "steps": steps, "utd": utd, "num_envs": num_envs, "online_ratio": online_ratio,
                 "buffer_size": buffer_size, "eval_every": eval_every, "eval_episodes": eval_episodes,
                 "device": str(torch_device), **({"label": label} if label else {})}
