@@ -59,7 +59,15 @@ def find_runs(paths: list[str | Path]) -> list[Path]:
     runs = [p for p in dict.fromkeys(found) if (p / "config.json").exists()]
     if not runs:
         raise OfftuneError(f"no run directories (with scores.json and config.json) under {', '.join(map(str, paths))}")
-    return runs
+    fine_tuned = _fine_tuned_checkpoints(runs)
+    return [p for p in runs if (p / "checkpoints" / "final.pt").resolve() not in fine_tuned]
+
+
+def _fine_tuned_checkpoints(runs: list[Path]) -> set[Path]:
+    """Checkpoints that fine-tuning runs among ``runs`` started from: such a pretraining run is already the
+    "before" of its fine-tuning run (a sweep keeps both under one folder), so it is not counted again."""
+    sources = (json.loads((p / "config.json").read_text())["run"].get("checkpoint") for p in runs)
+    return {Path(source).resolve() for source in sources if source}
 
 
 def read_run(path: Path) -> RunRecord | None:
