@@ -39,6 +39,9 @@ class ScoreRule:
     def score(self, episode_return: float | np.ndarray) -> float | np.ndarray:
         if self.kind == "raw":
             return episode_return
+        if self.kind == "success":
+            reached = 100.0 * (np.asarray(episode_return) > 0)
+            return float(reached) if reached.ndim == 0 else reached
         return 100.0 * (episode_return - self.ref_min) / (self.ref_max - self.ref_min)
 
     def describe(self) -> str:
