@@ -1,23 +1,25 @@
 """Throughput, measured side by side in one run: offtune's updates against plain reference code, the live env,
 and the fine-tuning loop.
 
-    python benchmarks/throughput.py [--seconds 6] [--device cpu] [--threads N] [--compile] [--json]
+    python benchmarks/throughput.py [--seconds 6] [--rounds 6] [--device cpu] [--threads N] [--compile] [--json]
 
-What it measures (batch 256, 256x256 networks, the official AntMaze settings of each algorithm, on the
-observation and action sizes of ``antmaze-umaze-v2``: 29 and 8):
+What it measures (batch 256, 256x256 networks, each algorithm's official AntMaze settings, on the observation
+and action sizes of ``antmaze-umaze-v2``: 29 and 8):
 
-- updates/s of offtune's IQL, SPOT and MISA (MISA with its HMC term, as offline; and without it, as online
-  by default) and of ``benchmarks/reference.py``'s IQL and SPOT (plain public-code style), on 1M synthetic
-  transitions. The contenders run in interleaved rounds and each keeps its best round, so a machine shared
-  with other work slows all of them alike and the ratios stay meaningful;
-- env steps/s of the live AntMaze env offtune fine-tunes in (``offtune.finetune.envs.make_vector_env``,
-  one env, random actions, autoreset);
-- steps/s of ``offtune.finetune.trainer.finetune``'s loop (explore, env step, append, one IQL update), on a
-  small AntMaze-umaze dataset written with Minari into a temporary folder, against the rate that an env step
-  plus an update measured separately would give.
+- updates/s of offtune's IQL, SPOT and MISA (MISA with its HMC term, as offline, and without it, as online by
+  default) and of ``benchmarks/reference.py``'s IQL and SPOT (plain public-code style), on synthetic
+  transitions, with the matmul FLOPs of one update (``torch.utils.flop_counter``). The contenders take turns
+  in rounds and each keeps its best round, so a machine shared with other work slows all of them alike and
+  the ratios stay meaningful;
+- env steps/s of the live AntMaze env offtune fine-tunes in (``offtune.finetune.envs.make_vector_env``, one
+  env, random actions), IQL updates/s, and steps/s of ``offtune.finetune.trainer.finetune``'s loop (explore,
+  env step, append, one IQL update per step) on a small AntMaze-umaze dataset written with Minari into a
+  temporary folder, again in turns, so the loop is compared with its parts measured apart in the same rounds.
 
-``--compile`` also measures offtune's agents with every network compiled in place by ``torch.compile``. No
-timing is asserted anywhere; the table says which targets the run met.
+``--seconds`` is the time each measurement gets in total, split over the rounds. ``--compile`` also measures
+the agents with every network compiled in place by ``torch.compile``. No timing is asserted anywhere; the
+second table says which targets this run met, beside the ratio of matmul FLOPs that bounds a compute-bound
+device.
 """
 
 from __future__ import annotations
@@ -216,48 +218,54 @@ def update_rates(
     return rates, failures
 
 
-def env_rate(info: datasets.DatasetInfo, seconds: float) -> Rate:
-    """Raw stepping of the live env the loop uses, random actions, same-step autoreset."""
-    envs = make_vector_env(info, 1)
-    envs.reset(seed=0)
-    envs.action_space.seed(0)
-    actions = [envs.action_space.sample() for _ in range(1000)]
-    rates = []
-    for _ in range(3):
-        count, started = 0, time.perf_counter()
-        while time.perf_counter() - started < seconds / 3:
-            envs.step(actions[count % len(actions)])
-            count += 1
-        rates.append(count / (time.perf_counter() - started))
-    envs.close()
-    return Rate("env step (AntMaze_UMaze-v4, live task wrapper)", "steps/s", max(rates), statistics.median(rates),
-                [round(r, 1) for r in rates])
+def loop_rounds(
+    root: Path, info: datasets.DatasetInfo, device: torch.device, seconds: float, rounds: int, rows: int
+) -> dict[str, Rate]:
+    """The fine-tuning loop against its parts measured apart, taking turns in each round.
 
-
-def loop_rate(root: Path, device: torch.device, steps: int, rounds: int) -> Rate:
-    """``trainer.finetune`` for ``steps`` online steps (UTD 1) from a 2-update IQL checkpoint.
-
-    The loop logs its step count with a timestamp about 50 times; the rate of each of ``rounds`` equal
-    stretches of those logs gives the rounds, so the best one is comparable with the other best rounds.
+    A round steps the live env alone (random actions, same-step autoreset: what the loop steps), runs IQL
+    updates alone, then runs ``trainer.finetune`` (explore, env step, append, one IQL update per step) from
+    a 2-update IQL checkpoint for about as long. Each keeps its best round, like the update contenders.
     """
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         pretrained = trainer.pretrain("iql", DATASET, steps=2, eval_episodes=1, device=str(device),
                                       out=root / "pretrain")
-        run = trainer.finetune(pretrained.checkpoint, steps=steps, eval_episodes=1, device=str(device),
-                               out=root / "finetune")
-    rows = [json.loads(line) for line in (run.run_dir / "metrics.jsonl").read_text().splitlines()]
-    online = [(row["step"], row["time"]) for row in rows if row.get("phase") == "online" and "env_steps_per_s" in row]
-    bounds = np.linspace(0, len(online) - 1, rounds + 1).round().astype(int)
-    stretches = [
-        (online[end][0] - online[start][0]) / (online[end][1] - online[start][1])
-        for start, end in zip(bounds[:-1], bounds[1:], strict=True)
-        if end > start and online[end][1] > online[start][1]
-    ]
-    overall = (online[-1][0] - online[0][0]) / max(online[-1][1] - online[0][1], 1e-9)
-    stretches = stretches or [overall]
-    return Rate("fine-tuning loop (IQL, UTD 1)", "steps/s", max(stretches), statistics.median(stretches),
-                [round(r, 2) for r in stretches], note=f"trainer.finetune, {steps} steps")
+    agent, config = offtune_agent("iql", info, device)
+    buffer = ReplayBuffer(info.obs_dim, info.action_dim, synthetic_transitions(rows, info.obs_dim, info.action_dim),
+                          device=device)
+    envs = make_vector_env(info, 1)
+    envs.reset(seed=0)
+    envs.action_space.seed(0)
+    actions = [envs.action_space.sample() for _ in range(1000)]
+    counter = iter(range(10**12))
+    parts = {
+        "env": lambda: envs.step(actions[next(counter) % len(actions)]),
+        "update": lambda: agent.update(buffer.sample(config.batch_size)),
+    }
+    samples: dict[str, list[float]] = {"env": [], "update": [], "loop": []}
+    per_round = seconds / rounds
+    for index in range(rounds):
+        for name, step in parts.items():
+            samples[name].extend(interleaved_rates({name: step}, per_round, 1, device, "")[name].rounds)
+        separate = 1.0 / (1.0 / samples["env"][-1] + 1.0 / samples["update"][-1])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            run = trainer.finetune(pretrained.checkpoint, steps=max(50, int(per_round * separate)), eval_episodes=1,
+                                   device=str(device), out=root / f"finetune-{index}")
+        rows_logged = [json.loads(line) for line in (run.run_dir / "metrics.jsonl").read_text().splitlines()]
+        online = [(row["step"], row["time"]) for row in rows_logged if "env_steps_per_s" in row]
+        (first_step, first_time), (last_step, last_time) = online[0], online[-1]
+        samples["loop"].append((last_step - first_step) / max(last_time - first_time, 1e-3))
+    envs.close()
+    names = {"env": ("env step (AntMaze_UMaze-v4, live task wrapper)", "steps/s", "random actions, 1 env"),
+             "update": ("offtune IQL, beside the loop", "updates/s", "same rounds as the loop"),
+             "loop": ("fine-tuning loop (IQL, UTD 1)", "steps/s", "trainer.finetune")}
+    return {
+        key: Rate(label, unit, max(samples[key]), statistics.median(samples[key]),
+                  [round(v, 2) for v in samples[key]], note)
+        for key, (label, unit, note) in names.items()
+    }
 
 
 def environment(device: torch.device) -> dict[str, Any]:
@@ -309,9 +317,9 @@ def summarize(rates: dict[str, Rate]) -> list[dict[str, Any]]:
     for variant, what in (("offtune MISA", "with HMC"), ("offtune MISA (online, no HMC)", "online, no HMC")):
         check(f"MISA cost ({what})", rates["offtune IQL"].best / rates[variant].best, TARGET_MISA_COST, False,
               f"time per MISA update ({what}) ÷ time per offtune IQL update", flop_ratio(variant, "offtune IQL"))
-    separate = 1.0 / (1.0 / rates["env"].best + 1.0 / rates["offtune IQL"].best)
+    separate = 1.0 / (1.0 / rates["env"].best + 1.0 / rates["update"].best)
     check("loop share", rates["loop"].best / separate, TARGET_LOOP_SHARE, True,
-          f"loop steps/s ÷ (env step + IQL update measured apart = {separate:.1f} steps/s)", None)
+          f"loop steps/s ÷ (env step + IQL update measured apart, same rounds = {separate:.1f} steps/s)", None)
     return checks
 
 
@@ -349,13 +357,15 @@ def print_table(rates: dict[str, Rate], checks: list[dict[str, Any]], env: dict[
 @click.option("--seconds", default=6.0, show_default=True, help="Time per measurement (split over the rounds).")
 @click.option("--rounds", default=6, show_default=True, help="Interleaved rounds of the update contenders.")
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:1, ...")
-@click.option("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice).")
+@click.option("--threads", type=int, default=None,
+              help="torch intra-op threads (default: the trainer's, 1 on CPU unless OMP_NUM_THREADS is set).")
 @click.option("--rows", default=1_000_000, show_default=True, help="Synthetic transitions in the replay buffers.")
-@click.option("--loop-steps", type=int, default=None, help="Online steps of the fine-tuning loop (default: ~seconds).")
 @click.option("--compile", "compile_", is_flag=True, help="Also measure the agents with torch.compile'd networks.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document instead of tables.")
-def main(seconds: float, rounds: int, device: str, threads: int | None, rows: int, loop_steps: int | None,
-         compile_: bool, as_json: bool) -> None:
+def main(seconds: float, rounds: int, device: str, threads: int | None, rows: int, compile_: bool,
+         as_json: bool) -> None:
+    if threads is not None:
+        os.environ["OMP_NUM_THREADS"] = str(threads)  # the trainer's rule: it keeps the user's thread count
     torch_device = trainer.resolve_device(device)
     if threads is not None:
         torch.set_num_threads(threads)
@@ -368,12 +378,8 @@ def main(seconds: float, rounds: int, device: str, threads: int | None, rows: in
             info = write_dataset(root / "minari")
         with console.status("updates/s (interleaved rounds)"):
             rates, failures = update_rates(info, torch_device, seconds, rounds, rows, compile_)
-        with console.status("env steps/s"):
-            rates["env"] = env_rate(info, seconds)
-        separate = 1.0 / (1.0 / rates["env"].best + 1.0 / rates["offtune IQL"].best)
-        steps = loop_steps or max(200, int(seconds * separate))
-        with console.status(f"fine-tuning loop ({steps} steps)"):
-            rates["loop"] = loop_rate(root / "runs", torch_device, steps, rounds)
+        with console.status("env steps/s, updates/s and the fine-tuning loop, in turns"):
+            rates.update(loop_rounds(root / "runs", info, torch_device, seconds, rounds, rows))
     env["load_average_end"] = [round(v, 2) for v in os.getloadavg()]
     checks = summarize(rates)
     if as_json:
