@@ -182,7 +182,7 @@ def test_lagrange_multiplier_moves_by_one_adam_step_towards_the_gap(gap, directi
     agent = small_agent(use_lagrange=True, target_action_gap=gap, unbiased_grad=False)
     metrics = agent.update(random_batch())
     # Adam's first step moves a scalar by lr·g/(|g| + ε) ≈ lr against the gradient's sign.
-    assert math.isclose(agent.log_alpha_prime.item(), 1.0 + direction * agent.config.q_lr, rel_tol=1e-6)
+    assert math.isclose(agent.log_alpha_prime.item(), 1.0 + direction * agent.config.critic_lr, rel_tol=1e-6)
     assert math.isclose(metrics["alpha_prime"].item(), math.e, rel_tol=1e-6)
 
 

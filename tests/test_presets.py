@@ -115,7 +115,7 @@ def test_iql_family_settings():
 def test_misa_family_settings():
     antmaze = configured("misa", info("antmaze-umaze-v2", "antmaze"))
     assert antmaze.reward_transform == "antmaze_misa" and antmaze.use_lagrange and antmaze.add_positive
-    assert (antmaze.q_lr, antmaze.target_action_gap, antmaze.layer_norm) == (1e-4, 3.0, True)
+    assert (antmaze.critic_lr, antmaze.target_action_gap, antmaze.layer_norm) == (1e-4, 3.0, True)
     locomotion = configured("misa", info("hopper-medium-v2", "locomotion"))
     assert locomotion.reward_transform == "identity" and locomotion.bc_weight == 0.5
     assert not locomotion.use_lagrange and locomotion.dataset_action_clip == 0.999

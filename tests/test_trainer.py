@@ -116,7 +116,7 @@ def test_user_mistakes_are_offtune_errors(pointmaze_dataset, tmp_path):
         trainer.pretrain("iql", pointmaze_dataset, steps=1, out=tmp_path / "b", overrides={"expectle": "0.9"})
     with pytest.raises(OfftuneError, match="expected a value of type float"):
         trainer.pretrain("iql", pointmaze_dataset, steps=1, out=tmp_path / "c", overrides={"expectile": "high"})
-    offline = pretrain_tiny("iql", pointmaze_dataset, tmp_path / "offline")
+    pretrain_tiny("iql", pointmaze_dataset, tmp_path / "offline")
     with pytest.raises(OfftuneError, match="pretraining run"):
         trainer.finetune(resume=tmp_path / "offline", device="cpu")
 

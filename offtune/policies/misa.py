@@ -65,11 +65,11 @@ class MISAConfig:
     penalty does not pin the fine-tuned policy to the data.
     """
 
-    policy_lr: float = 1e-4
-    q_lr: float = 3e-4
+    actor_lr: float = 1e-4
+    critic_lr: float = 3e-4
     batch_size: int = 256
     discount: float = 0.99
-    tau: float = 0.005
+    target_update_rate: float = 0.005
     hidden_dims: tuple[int, ...] = (256, 256)
     layer_norm: bool = False
     variant: str = "misa"
@@ -302,10 +302,10 @@ class MISAAgent:
         self.log_alpha = nn.Parameter(torch.zeros((), device=self.device))
         self.log_alpha_prime = nn.Parameter(torch.ones((), device=self.device))
         self.target_entropy = -float(action_dim) if config.target_entropy is None else config.target_entropy
-        self.policy_optimizer = adam(self.policy.parameters(), config.policy_lr)
-        self.critic_optimizer = adam(self.critic.parameters(), config.q_lr)
-        self.alpha_optimizer = adam([self.log_alpha], config.policy_lr)
-        self.alpha_prime_optimizer = adam([self.log_alpha_prime], config.q_lr)
+        self.policy_optimizer = adam(self.policy.parameters(), config.actor_lr)
+        self.critic_optimizer = adam(self.critic.parameters(), config.critic_lr)
+        self.alpha_optimizer = adam([self.log_alpha], config.actor_lr)
+        self.alpha_prime_optimizer = adam([self.log_alpha_prime], config.critic_lr)
         self.min_q_weight = config.min_q_weight
         self.bc_weight = config.bc_weight
         self.online = False
@@ -429,7 +429,7 @@ class MISAAgent:
             self.alpha_optimizer.step()
         if cfg.use_lagrange and cfg.variant != "ba":
             self.alpha_prime_optimizer.step()
-        soft_update(self.target_critic, self.critic, cfg.tau)
+        soft_update(self.target_critic, self.critic, cfg.target_update_rate)
 
         metrics.update(
             critic_loss=critic_loss.detach() / 2,

@@ -94,7 +94,7 @@ SPOT_ONLINE_DISCOUNT: dict[str, float] = {"large": 0.995}
 # launch script (yueyang130/SEEM ``scripts/launch_job.sh``).
 _MISA_ANTMAZE = {
     "reward_transform": "antmaze_misa",
-    "q_lr": 1e-4,
+    "critic_lr": 1e-4,
     "bc_weight": 0.5,
     "use_lagrange": True,
     "target_action_gap": 3.0,
@@ -108,7 +108,7 @@ MISA_FAMILIES: dict[str, dict[str, Any]] = {
     # Lagrange form, whose gap 3.0 assumes that reward scale. LayerNorm stays off so that PointMaze
     # checkpoints export to Stable-Baselines3, whose MLPs have no LayerNorm.
     "pointmaze": {**_MISA_ANTMAZE, "layer_norm": False},
-    "kitchen": {"reward_transform": "minmax_unit", "q_lr": 1e-4, "bc_weight": 3.0, "layer_norm": True},
+    "kitchen": {"reward_transform": "minmax_unit", "critic_lr": 1e-4, "bc_weight": 3.0, "layer_norm": True},
     "adroit": {
         "reward_transform": "minmax_unit",
         "bc_weight": 5.0,

@@ -278,10 +278,7 @@ def _hyperparameters(loaded: LoadedAgent, sb3_algo: str, actor: ActorLayers) -> 
     config, algo = loaded.config, loaded.algo
     action_dim = loaded.info.action_dim
     params: dict[str, Any] = {"gamma": config.discount, "batch_size": config.batch_size, "learning_starts": 0}
-    if algo == "misa":
-        params.update(learning_rate=config.policy_lr, tau=config.tau)
-    else:
-        params.update(learning_rate=config.actor_lr, tau=config.target_update_rate)
+    params.update(learning_rate=config.actor_lr, tau=config.target_update_rate)
     if sb3_algo == "td3":
         if algo == "spot":
             params.update(policy_delay=config.policy_freq, target_policy_noise=config.policy_noise,
