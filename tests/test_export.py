@@ -115,7 +115,7 @@ def raw_live_env(info: DatasetInfo) -> gym.Env:
 # The consumer: plain SB3 + gymnasium(-robotics), with offtune made unimportable.
 CONSUMER = textwrap.dedent("""
     import json, sys
-    sys.path = [p for p in sys.path if not p.startswith({repo!r})]
+    sys.path = [p for p in sys.path if p.rstrip("/") != {repo!r}.rstrip("/")]
 
     class NoOfftune:
         def find_spec(self, name, path=None, target=None):
