@@ -11,10 +11,11 @@ and action sizes of ``antmaze-umaze-v2``: 29 and 8):
   transitions, with the matmul FLOPs of one update (``torch.utils.flop_counter``). The contenders take turns
   in rounds and each keeps its best round, so a machine shared with other work slows all of them alike and
   the ratios stay meaningful;
-- env steps/s of the live AntMaze env offtune fine-tunes in (``offtune.finetune.envs.make_vector_env``, one
-  env, random actions), IQL updates/s, and steps/s of ``offtune.finetune.trainer.finetune``'s loop (explore,
-  env step, append, one IQL update per step) on a small AntMaze-umaze dataset written with Minari into a
-  temporary folder, again in turns, so the loop is compared with its parts measured apart in the same rounds.
+- steps/s of ``offtune.finetune.trainer.finetune``'s loop (explore, env step, append, one IQL update per step)
+  on a small AntMaze-umaze dataset written with Minari into a temporary folder, paused every
+  ``loop_steps / rounds`` steps to measure its parts alone: env steps/s of the live AntMaze env it steps
+  (``offtune.finetune.envs.make_vector_env``, one env, random actions) and IQL updates/s. So the loop is
+  compared with its parts measured apart in the same stretch of time.
 
 ``--seconds`` is the time each measurement gets in total, split over the rounds. ``--compile`` also measures
 the agents with every network compiled in place by ``torch.compile``. No timing is asserted anywhere; the
@@ -218,14 +219,42 @@ def update_rates(
     return rates, failures
 
 
-def loop_rounds(
-    root: Path, info: datasets.DatasetInfo, device: torch.device, seconds: float, rounds: int, rows: int
-) -> dict[str, Rate]:
-    """The fine-tuning loop against its parts measured apart, taking turns in each round.
+class LoopRounds:
+    """A ``trainer.Progress`` that times the online loop between its log points and, every ``steps_per_round``
+    steps, pauses it to measure its parts alone (``pause``); the pauses are left out of the loop's time."""
 
-    A round steps the live env alone (random actions, same-step autoreset: what the loop steps), runs IQL
-    updates alone, then runs ``trainer.finetune`` (explore, env step, append, one IQL update per step) from
-    a 2-update IQL checkpoint for about as long. Each keeps its best round, like the update contenders.
+    def __init__(self, steps_per_round: int, pause: Callable[[], None]) -> None:
+        self.steps_per_round, self.pause = steps_per_round, pause
+        self.rates: list[float] = []
+        self.steps, self.seconds = 0, 0.0
+        self.mark = 0.0
+
+    def stage(self, name: str, total: int, completed: int = 0) -> None:
+        self.mark = time.perf_counter()
+
+    def advance(self, count: int, metrics: dict[str, float]) -> None:
+        self.steps += count
+        self.seconds += time.perf_counter() - self.mark
+        if self.steps >= self.steps_per_round:
+            self.rates.append(self.steps / self.seconds)
+            self.steps, self.seconds = 0, 0.0
+            self.pause()
+        self.mark = time.perf_counter()
+
+    def evaluation(self, phase: str, step: int, summary: dict[str, Any]) -> None:
+        pass
+
+
+def loop_rounds(
+    root: Path, info: datasets.DatasetInfo, device: torch.device, seconds: float, rounds: int, rows: int,
+    loop_steps: int,
+) -> dict[str, Rate]:
+    """The fine-tuning loop against its parts measured apart, taking turns.
+
+    ``trainer.finetune`` runs ``loop_steps`` online steps (explore, env step, append, one IQL update per step)
+    from a 2-update IQL checkpoint; it logs every ``loop_steps // 50`` steps, as a real run logs every
+    1,000. Every ``loop_steps / rounds`` steps the loop is paused while the live env is stepped alone (random
+    actions, same-step autoreset: what the loop steps) and IQL updates run alone, ``seconds / rounds`` each.
     """
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -243,24 +272,22 @@ def loop_rounds(
         "env": lambda: envs.step(actions[next(counter) % len(actions)]),
         "update": lambda: agent.update(buffer.sample(config.batch_size)),
     }
-    samples: dict[str, list[float]] = {"env": [], "update": [], "loop": []}
-    per_round = seconds / rounds
-    for index in range(rounds):
+    samples: dict[str, list[float]] = {"env": [], "update": []}
+
+    def measure_parts() -> None:
         for name, step in parts.items():
-            samples[name].extend(interleaved_rates({name: step}, per_round, 1, device, "")[name].rounds)
-        separate = 1.0 / (1.0 / samples["env"][-1] + 1.0 / samples["update"][-1])
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            run = trainer.finetune(pretrained.checkpoint, steps=max(50, int(per_round * separate)), eval_episodes=1,
-                                   device=str(device), out=root / f"finetune-{index}")
-        rows_logged = [json.loads(line) for line in (run.run_dir / "metrics.jsonl").read_text().splitlines()]
-        online = [(row["step"], row["time"]) for row in rows_logged if "env_steps_per_s" in row]
-        (first_step, first_time), (last_step, last_time) = online[0], online[-1]
-        samples["loop"].append((last_step - first_step) / max(last_time - first_time, 1e-3))
+            samples[name].extend(interleaved_rates({name: step}, seconds / rounds, 1, device, "")[name].rounds)
+
+    clock = LoopRounds(max(1, loop_steps // rounds), measure_parts)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer.finetune(pretrained.checkpoint, steps=loop_steps, eval_episodes=1, device=str(device),
+                         out=root / "finetune", progress=clock)
     envs.close()
+    samples["loop"] = clock.rates
     names = {"env": ("env step (AntMaze_UMaze-v4, live task wrapper)", "steps/s", "random actions, 1 env"),
-             "update": ("offtune IQL, beside the loop", "updates/s", "same rounds as the loop"),
-             "loop": ("fine-tuning loop (IQL, UTD 1)", "steps/s", "trainer.finetune")}
+             "update": ("offtune IQL, in turns with the loop", "updates/s", ""),
+             "loop": ("fine-tuning loop (IQL, UTD 1)", "steps/s", f"trainer.finetune, {loop_steps} steps")}
     return {
         key: Rate(label, unit, max(samples[key]), statistics.median(samples[key]),
                   [round(v, 2) for v in samples[key]], note)
@@ -360,10 +387,12 @@ def print_table(rates: dict[str, Rate], checks: list[dict[str, Any]], env: dict[
 @click.option("--threads", type=int, default=None,
               help="torch intra-op threads (default: the trainer's, 1 on CPU unless OMP_NUM_THREADS is set).")
 @click.option("--rows", default=1_000_000, show_default=True, help="Synthetic transitions in the replay buffers.")
+@click.option("--loop-steps", default=1000, show_default=True,
+              help="Online steps of the measured fine-tuning run (it logs every loop-steps // 50).")
 @click.option("--compile", "compile_", is_flag=True, help="Also measure the agents with torch.compile'd networks.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document instead of tables.")
-def main(seconds: float, rounds: int, device: str, threads: int | None, rows: int, compile_: bool,
-         as_json: bool) -> None:
+def main(seconds: float, rounds: int, device: str, threads: int | None, rows: int, loop_steps: int,
+         compile_: bool, as_json: bool) -> None:
     if threads is not None:
         os.environ["OMP_NUM_THREADS"] = str(threads)  # the trainer's rule: it keeps the user's thread count
     torch_device = trainer.resolve_device(device)
@@ -379,7 +408,7 @@ def main(seconds: float, rounds: int, device: str, threads: int | None, rows: in
         with console.status("updates/s (interleaved rounds)"):
             rates, failures = update_rates(info, torch_device, seconds, rounds, rows, compile_)
         with console.status("env steps/s, updates/s and the fine-tuning loop, in turns"):
-            rates.update(loop_rounds(root / "runs", info, torch_device, seconds, rounds, rows))
+            rates.update(loop_rounds(root / "runs", info, torch_device, seconds, rounds, rows, loop_steps))
     env["load_average_end"] = [round(v, 2) for v in os.getloadavg()]
     checks = summarize(rates)
     if as_json:
