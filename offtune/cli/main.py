@@ -33,13 +33,14 @@ def cli() -> None:
 
 
 def _register() -> None:
-    from offtune.cli import dataset, demo, report, train
+    from offtune.cli import dataset, demo, report, sweep, train
     from offtune.cli.export import export as export_command
 
     cli.add_command(dataset.dataset)
     for command in (train.pretrain, train.finetune, train.evaluate, report.report, report.plot, demo.demo):
         cli.add_command(command)
     cli.add_command(export_command)
+    cli.add_command(sweep.sweep)
 
 
 def _quiet_imports() -> None:
