@@ -176,3 +176,13 @@ def test_sequential_sweep_resumes_an_interrupted_run_and_keeps_finished_phases(t
     scores = json.loads((cut / "finetune" / "scores.json").read_text())
     assert scores["after"]["step"] == 30 and json.loads((cut / "status.json").read_text())["state"] == "done"
     assert sweep.run_sweep(plan, use_ray=False).skipped == [run.name for run in plan.runs()]
+
+
+def test_without_ray_the_sweep_runs_here_and_says_how_to_get_ray(tmp_path, pointmaze_dataset, monkeypatch):
+    monkeypatch.setattr(sweep, "ray_installed", lambda: False)
+    args = ["sweep", "--algos", "iql", "--datasets", pointmaze_dataset, *STEPS, "--out", tmp_path, *TINY_SETS]
+    assert "--address needs Ray" in words(run(*args, "--address", "auto"))
+    result = run(*args)
+    assert result.exit_code == 0, result.output
+    assert "1 to run one at a time here" in words(result) and "pip install 'offtune[ray]'" in words(result)
+    assert sweep.run_state(tmp_path / "iql-offtune_pointmaze_umaze-v0-s0") == "done"

@@ -86,10 +86,10 @@ def sweep(ctx, config_file, algos, dataset_names, seeds, pretrain_steps, finetun
     todo, skipped = sweeps.pending_runs(plan, runs)
     use_ray = not sequential and sweeps.ray_installed()
     where = ("on Ray" + (f" at {address}" if address else " (local)")) if use_ray else "one at a time here"
-    err_console.print(f"{len(runs)} runs in {plan.out}: {len(skipped)} finished earlier (skipped), "
-                      f"{len(todo)} to run {where}")
+    err_console.print(f"{len(runs)} run{'s' * (len(runs) != 1)} in {plan.out}: {len(skipped)} finished earlier "
+                      f"(skipped), {len(todo)} to run {where}")
     if not use_ray and not sequential:
-        err_console.print(f"Ray is not installed; for runs in parallel: [bold]{sweeps.RAY_HINT}[/]")
+        err_console.print(f"Ray is not installed; for runs in parallel: [bold]{escape(sweeps.RAY_HINT)}[/]")
     stopped = False
     with Live(get_renderable=lambda: status_table(sweeps.run_statuses(plan.out, runs)), console=err_console,
               refresh_per_second=1):
