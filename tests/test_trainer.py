@@ -128,3 +128,9 @@ def test_a_checkpoint_whose_observation_size_does_not_fit_is_refused(pointmaze_d
     torch.save(data, tmp_path / "wrong.pt")
     with pytest.raises(OfftuneError, match="observations of size 9"):
         trainer.finetune(tmp_path / "wrong.pt", steps=5, device="cpu", out=tmp_path / "ft")
+
+
+def test_a_fresh_run_never_writes_into_an_existing_run(pointmaze_dataset, tmp_path):
+    pretrain_tiny("iql", pointmaze_dataset, tmp_path / "run")
+    with pytest.raises(OfftuneError, match="already holds a run"):
+        pretrain_tiny("iql", pointmaze_dataset, tmp_path / "run")

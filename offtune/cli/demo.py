@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import click
@@ -11,27 +12,34 @@ from offtune.buffers.datasets import local_ids
 from offtune.cli.display import RichProgress, before_after_table, console, err_console
 from offtune.finetune import trainer
 
-DEMO_DATASET = "offtune/pointmaze/umaze-v0"
+DEMO_DATASET = "offtune/pointmaze/umaze-demo-v0"
+DEMO_NOISE = 1.0
+"""A noisy behaviour policy and a short pretraining leave the offline policy short of 100% success, so
+the online phase has something to fix within the demo's few minutes."""
 
 
 @click.command()
 @click.option("--algo", default="iql", show_default=True, help="iql, spot or misa.")
-@click.option("--dataset-steps", default=30_000, show_default=True, type=int,
+@click.option("--dataset-steps", default=10_000, show_default=True, type=int,
               help="Steps to collect when the demo dataset is not local yet.")
-@click.option("--pretrain-steps", default=5_000, show_default=True, type=int)
-@click.option("--finetune-steps", default=10_000, show_default=True, type=int)
+@click.option("--pretrain-steps", default=1_000, show_default=True, type=int)
+@click.option("--finetune-steps", default=6_000, show_default=True, type=int)
 @click.option("--eval-episodes", default=20, show_default=True, type=int)
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--device", default="auto", show_default=True)
-@click.option("--out", default="runs/demo", show_default=True, type=click.Path(file_okay=False))
+@click.option("--out", default="runs/demo", show_default=True, type=click.Path(file_okay=False),
+              help="The demo's own folder; its previous demo runs are replaced.")
 def demo(algo, dataset_steps, pretrain_steps, finetune_steps, eval_episodes, seed, device, out) -> None:
     """Collect a PointMaze dataset (if needed), pretrain offline, fine-tune online, print before -> after."""
     out = Path(out)
+    for stale in (out / f"{algo}-offline", out / f"{algo}-online"):
+        shutil.rmtree(stale, ignore_errors=True)
     if DEMO_DATASET not in local_ids():
-        console.print(f"[bold]1/3[/] collecting {DEMO_DATASET}: {dataset_steps:,} steps of a noisy planner")
+        console.print(f"[bold]1/3[/] collecting {DEMO_DATASET}: {dataset_steps:,} steps of a planner with "
+                      f"action noise {DEMO_NOISE}")
         with RichProgress() as progress:
             progress.stage("collect", dataset_steps)
-            collect.collect_pointmaze("umaze", dataset_steps, seed=seed,
+            collect.collect_pointmaze("umaze", dataset_steps, seed=seed, noise=DEMO_NOISE, dataset_id=DEMO_DATASET,
                                       progress=lambda count: progress.advance(count, {}))
     else:
         console.print(f"[bold]1/3[/] using the local dataset {DEMO_DATASET}")
@@ -40,7 +48,8 @@ def demo(algo, dataset_steps, pretrain_steps, finetune_steps, eval_episodes, see
     try:
         with RichProgress() as progress:
             offline = trainer.pretrain(algo, DEMO_DATASET, steps=pretrain_steps, seed=seed, device=device,
-                                       eval_episodes=eval_episodes, out=out / f"{algo}-offline",
+                                       eval_episodes=eval_episodes, eval_every=max(pretrain_steps // 4, 1),
+                                       out=out / f"{algo}-offline",
                                        overrides=overrides, progress=progress)
         console.print(f"[bold]3/3[/] fine-tuning online for {finetune_steps:,} env steps")
         with RichProgress() as progress:

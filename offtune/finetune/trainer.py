@@ -216,6 +216,14 @@ def default_run_dir(algo: str, dataset: str, seed: int, suffix: str = "") -> Pat
     return Path("runs") / f"{algo}-{slug}-s{seed}{suffix}-{stamp}"
 
 
+def new_run_dir(out: str | Path | None, default: Path) -> Path:
+    """The run directory of a fresh run; one that already holds a run is never mixed into."""
+    path = Path(out) if out is not None else default
+    if (path / "config.json").exists():
+        raise OfftuneError(f"{path} already holds a run; continue it with --resume {path} or choose another --out")
+    return path
+
+
 def default_eval_episodes(info: DatasetInfo) -> int:
     """The papers' protocol: 100 episodes on AntMaze, 10 elsewhere."""
     return 100 if info.family == "antmaze" else 10
@@ -308,7 +316,8 @@ def pretrain(
                               config_file)
     eval_every = eval_every or min(50_000, steps)
     eval_episodes = eval_episodes or default_eval_episodes(info)
-    run = RunDirectory(out or default_run_dir(algo, dataset, seed), logger)
+    run_path = Path(out) if resumed is not None else new_run_dir(out, default_run_dir(algo, dataset, seed))
+    run = RunDirectory(run_path, logger)
     run_settings = {"phase": "offline", "algo": algo, "dataset": dataset, "seed": seed, "steps": steps,
                     "eval_every": eval_every, "eval_episodes": eval_episodes, "device": str(torch_device),
                     **({"label": label} if label else {})}
@@ -449,7 +458,8 @@ def finetune(
     eval_every = eval_every or min(50_000, steps)
     eval_episodes = eval_episodes or default_eval_episodes(info)
     buffer_size = buffer_size or steps
-    run = RunDirectory(out or default_run_dir(algo, info.name, seed, "-ft"), logger)
+    run_path = Path(out) if resumed is not None else new_run_dir(out, default_run_dir(algo, info.name, seed, "-ft"))
+    run = RunDirectory(run_path, logger)
     settings = {"phase": "online", "algo": algo, "dataset": info.name, "checkpoint": origin,
                 "seed": seed, "steps": steps, "utd": utd, "num_envs": num_envs, "online_ratio": online_ratio,
                 "buffer_size": buffer_size, "eval_every": eval_every, "eval_episodes": eval_episodes,
