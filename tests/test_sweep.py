@@ -64,6 +64,7 @@ def test_sweep_file_and_its_mistakes(tmp_path):
         ("misa:\n  grid: {lam: [0.1]}\n", "'misa', which is not among"),
         ("datasets: [antmaze-umazee-v2]\n", "antmaze-umaze-v2"),
         ("algos: [iqll]\n", "Did you mean: iql"),
+        ("pretrain_steps: 1e6\nseeds: [0, one]\n", "seeds takes whole numbers, got 'one'"),
     ]:
         bad = tmp_path / "bad.yaml"
         bad.write_text("algos: [iql, spot]\ndatasets: [antmaze-umaze-v2]\nseeds: [0]\n" + text)

@@ -151,6 +151,16 @@ def _listed(value: Any) -> list[Any]:
     return list(value) if isinstance(value, list | tuple) else [value]
 
 
+def _whole(key: str, value: Any) -> int:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = float("nan")
+    if not number.is_integer():
+        raise OfftuneError(f"{key} takes whole numbers, got {value!r}")
+    return int(number)
+
+
 def read_sweep_file(path: str | Path) -> dict[str, Any]:
     """``sweep.yaml`` as keyword arguments of :class:`SweepPlan` (see the README's Sweeps section).
 
@@ -173,9 +183,9 @@ def read_sweep_file(path: str | Path) -> dict[str, Any]:
         elif key == "datasets":
             plan[key] = [str(v) for v in _listed(value)]
         elif key == "seeds":
-            plan[key] = [int(v) for v in _listed(value)]
+            plan[key] = [_whole(key, v) for v in _listed(value)]
         elif key in ("pretrain_steps", "finetune_steps", "eval_every", "eval_episodes"):
-            plan[key] = int(value)
+            plan[key] = _whole(key, value)
         elif key == "out":
             plan[key] = Path(value)
         elif key == "set":
