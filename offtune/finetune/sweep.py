@@ -456,7 +456,7 @@ def _check_nodes(ray: Any, names: list[str], cpus: float, gpus: float, download:
     nodes = [n for n in ray.nodes() if n["Alive"] and n["Resources"].get("CPU", 0) >= cpus
              and n["Resources"].get("GPU", 0) >= gpus]
     if not nodes:
-        raise OfftuneError(f"no Ray node has {cpus:g} CPUs and {gpus:g} GPUs free for one run; lower "
+        raise OfftuneError(f"no Ray node has {cpus:g} CPUs and {gpus:g} GPUs for one run; lower "
                            f"--cpus-per-run/--gpus-per-run or add nodes")
     check = ray.remote(num_cpus=0)(missing_datasets)
     refs = {
