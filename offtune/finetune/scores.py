@@ -13,6 +13,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from offtune.errors import OfftuneError
 
 LOGGERS = ("tensorboard", "wandb")
@@ -23,6 +25,20 @@ def write_json(path: Path, data: Any) -> None:
     temporary = path.with_name(f".{path.name}.tmp")
     temporary.write_text(json.dumps(data, indent=2, default=str) + "\n")
     os.replace(temporary, path)
+
+
+def read_yaml_mapping(path: str | Path, what: str) -> dict[str, Any]:
+    """A YAML file that must hold a mapping; every way it can be wrong is one clear ``OfftuneError``."""
+    path = Path(path)
+    if not path.exists():
+        raise OfftuneError(f"{what} {path} does not exist")
+    try:
+        loaded = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise OfftuneError(f"{what} {path} is not valid YAML: {error}") from None
+    if not isinstance(loaded, dict):
+        raise OfftuneError(f"{what} {path} must hold a mapping of key: value")
+    return loaded
 
 
 def read_json(path: Path) -> Any:

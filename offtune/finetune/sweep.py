@@ -23,12 +23,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 
 from offtune.buffers import datasets
 from offtune.errors import OfftuneError, suggest
 from offtune.finetune import trainer
-from offtune.finetune.scores import read_json, write_json
+from offtune.finetune.scores import read_json, read_yaml_mapping, write_json
 
 PLAN_KEYS = ("algos", "datasets", "seeds", "pretrain_steps", "finetune_steps", "eval_every", "eval_episodes",
              "out", "set", "grid")
@@ -168,14 +167,7 @@ def read_sweep_file(path: str | Path) -> dict[str, Any]:
     ``eval_episodes``, ``out``, ``set`` (every run), ``grid`` (every algorithm); and one section per
     algorithm with its own ``set`` and ``grid``.
     """
-    path = Path(path)
-    if not path.exists():
-        raise OfftuneError(f"sweep file {path} does not exist")
-    try:
-        loaded = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as error:
-        raise OfftuneError(f"sweep file {path} is not valid YAML: {error}") from None
-    loaded = _mapping(loaded, f"sweep file {path}")
+    loaded = read_yaml_mapping(path, "sweep file")
     plan: dict[str, Any] = {"algo_settings": {}, "algo_grids": {}}
     for key, value in loaded.items():
         if key == "algos":

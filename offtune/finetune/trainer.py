@@ -20,7 +20,6 @@ from typing import Any, Protocol
 
 import numpy as np
 import torch
-import yaml
 
 from offtune.buffers import datasets
 from offtune.buffers.datasets import DatasetInfo, OfflineData
@@ -34,7 +33,7 @@ from offtune.finetune.evaluate import (
     from_env_actions,
     to_env_actions,
 )
-from offtune.finetune.scores import RunDirectory
+from offtune.finetune.scores import RunDirectory, read_yaml_mapping
 from offtune.policies import ALGORITHMS
 from offtune.policies.checkpoint import load_checkpoint, save_checkpoint
 from offtune.policies.config import apply_overrides, config_from_dict, config_to_dict
@@ -145,16 +144,7 @@ def build_config(
     config_cls, _ = algorithm(algo)
     config = apply_overrides(config_cls(), preset(algo, info))
     if config_file is not None:
-        path = Path(config_file)
-        if not path.exists():
-            raise OfftuneError(f"config file {path} does not exist")
-        try:
-            loaded = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as error:
-            raise OfftuneError(f"config file {path} is not valid YAML: {error}") from None
-        if not isinstance(loaded, dict):
-            raise OfftuneError(f"config file {path} must hold a mapping of setting: value")
-        config = apply_overrides(config, loaded)
+        config = apply_overrides(config, read_yaml_mapping(config_file, "config file"))
     return apply_overrides(config, overrides or {})
 
 
