@@ -6,6 +6,7 @@ import copy
 import io
 import math
 
+import agent_checks
 import pytest
 import torch
 from torch import nn
@@ -29,30 +30,7 @@ def small_agent(**overrides) -> IQLAgent:
 
 
 def random_batch(size: int = 8, seed: int = 1) -> Batch:
-    generator = torch.Generator().manual_seed(seed)
-    return Batch(
-        torch.randn(size, OBS, generator=generator),
-        torch.rand(size, ACT, generator=generator) * 2 - 1,
-        torch.randn(size, generator=generator),
-        torch.randn(size, OBS, generator=generator),
-        (torch.rand(size, generator=generator) < 0.3).float(),
-    )
-
-
-def assert_same(a, b) -> None:
-    """Recursive exact equality of nested state (tensors bit for bit)."""
-    if isinstance(a, torch.Tensor):
-        assert torch.equal(a, b)
-    elif isinstance(a, dict):
-        assert a.keys() == b.keys()
-        for key in a:
-            assert_same(a[key], b[key])
-    elif isinstance(a, list | tuple):
-        assert len(a) == len(b)
-        for x, y in zip(a, b, strict=True):
-            assert_same(x, y)
-    else:
-        assert a == b
+    return agent_checks.random_batch(OBS, ACT, size, seed)
 
 
 def test_expectile_loss_weights_tau_above_and_one_minus_tau_below():
@@ -175,20 +153,11 @@ def test_state_dict_round_trip_resumes_bit_exactly():
         torch.manual_seed(step)
         got = resumed.update(batch)
         assert all(torch.equal(expected[k], got[k]) for k in expected)
-    assert_same(agent.state_dict(), resumed.state_dict())
+    agent_checks.assert_same(agent.state_dict(), resumed.state_dict())
 
 
 def test_short_run_lowers_critic_loss():
-    torch.manual_seed(0)
-    observations = torch.randn(512, OBS)
-    data = Batch(
-        observations,
-        torch.tanh(observations[:, :ACT]),
-        observations.sum(-1),
-        observations + 0.1 * torch.randn(512, OBS),
-        torch.zeros(512),
-    )
-    buffer = ReplayBuffer(OBS, ACT, data, seed=0)
+    buffer = ReplayBuffer(OBS, ACT, agent_checks.learnable_data(OBS, ACT), seed=0)
     agent = IQLAgent(OBS, ACT, IQLConfig(hidden_dims=(32, 32), discount=0.9))
     agent.on_offline_start(200)
     losses = torch.stack([agent.update(buffer.sample(64))["critic_loss"] for _ in range(200)])

@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import math
 
+import agent_checks
 import numpy as np
 import pytest
 import torch
@@ -41,14 +42,7 @@ def small_agent(seed: int = 0, **overrides) -> MISAAgent:
 
 
 def random_batch(size: int = 16, seed: int = 1) -> Batch:
-    generator = torch.Generator().manual_seed(seed)
-    return Batch(
-        torch.randn(size, OBS, generator=generator),
-        torch.rand(size, ACT, generator=generator) * 2 - 1,
-        torch.randn(size, generator=generator),
-        torch.randn(size, OBS, generator=generator),
-        (torch.rand(size, generator=generator) < 0.3).float(),
-    )
+    return agent_checks.random_batch(OBS, ACT, size, seed)
 
 
 def saved(state: dict) -> dict:

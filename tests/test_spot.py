@@ -6,6 +6,7 @@ import copy
 import io
 import math
 
+import agent_checks
 import pytest
 import torch
 from torch import nn
@@ -33,36 +34,13 @@ def small_agent(**overrides) -> SPOTAgent:
 
 
 def random_batch(size: int = 8, seed: int = 1) -> Batch:
-    generator = torch.Generator().manual_seed(seed)
-    return Batch(
-        torch.randn(size, OBS, generator=generator),
-        torch.rand(size, ACT, generator=generator) * 2 - 1,
-        torch.randn(size, generator=generator),
-        torch.randn(size, OBS, generator=generator),
-        (torch.rand(size, generator=generator) < 0.3).float(),
-    )
+    return agent_checks.random_batch(OBS, ACT, size, seed)
 
 
 def prepared_agent(**overrides) -> SPOTAgent:
     agent = small_agent(**overrides)
     agent.prepare(lambda n: random_batch(n, seed=99), lambda step, metrics: None)
     return agent
-
-
-def assert_same(a, b) -> None:
-    """Recursive exact equality of nested state (tensors bit for bit)."""
-    if isinstance(a, torch.Tensor):
-        assert torch.equal(a, b)
-    elif isinstance(a, dict):
-        assert a.keys() == b.keys()
-        for key in a:
-            assert_same(a[key], b[key])
-    elif isinstance(a, list | tuple):
-        assert len(a) == len(b)
-        for x, y in zip(a, b, strict=True):
-            assert_same(x, y)
-    else:
-        assert a == b
 
 
 def constant_vae(latent_mean: float, latent_log_std: float, decoded: list[float]) -> ConditionalVAE:
@@ -248,7 +226,7 @@ def test_state_dict_round_trip_resumes_bit_exactly_in_both_stages():
     for candidate in (agent, resumed):
         torch.manual_seed(0)
         candidate.prepare(sample, lambda step, metrics: None)
-    assert_same(agent.state_dict(), resumed.state_dict())
+    agent_checks.assert_same(agent.state_dict(), resumed.state_dict())
 
     batches = [random_batch(seed=k) for k in range(10)]
     for batch in batches[:3]:
@@ -265,20 +243,11 @@ def test_state_dict_round_trip_resumes_bit_exactly_in_both_stages():
         torch.manual_seed(step)
         got = resumed.update(batch)
         assert all(torch.equal(expected[k], got[k]) for k in expected)
-    assert_same(agent.state_dict(), resumed.state_dict())
+    agent_checks.assert_same(agent.state_dict(), resumed.state_dict())
 
 
 def test_short_run_lowers_critic_loss():
-    torch.manual_seed(0)
-    observations = torch.randn(512, OBS)
-    data = Batch(
-        observations,
-        torch.tanh(observations[:, :ACT]),
-        observations.sum(-1),
-        observations + 0.1 * torch.randn(512, OBS),
-        torch.zeros(512),
-    )
-    buffer = ReplayBuffer(OBS, ACT, data, seed=0)
+    buffer = ReplayBuffer(OBS, ACT, agent_checks.learnable_data(OBS, ACT), seed=0)
     agent = SPOTAgent(OBS, ACT, SPOTConfig(hidden_dims=(32, 32), vae_hidden_dim=32, vae_steps=50, discount=0.9,
                                            batch_size=64, lam=0.1))
     agent.prepare(buffer.sample, lambda step, metrics: None)
