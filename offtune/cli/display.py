@@ -5,16 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TaskProgressColumn,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
-from rich.table import Table
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Column, Table
 
 console = Console()
 err_console = Console(stderr=True)
@@ -32,17 +24,16 @@ class RichProgress:
 
     def __init__(self, console: Console = err_console) -> None:
         self.bar = Progress(
-            TextColumn("[bold]{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TaskProgressColumn(),
-            TextColumn("{task.fields[rate]}"),
-            TimeElapsedColumn(),
-            TimeRemainingColumn(),
-            TextColumn("{task.fields[metrics]}"),
-            TextColumn("[cyan]{task.fields[score]}"),
+            TextColumn("[bold]{task.description}", table_column=Column(no_wrap=True)),
+            BarColumn(bar_width=16),
+            MofNCompleteColumn(table_column=Column(no_wrap=True)),
+            TextColumn("{task.fields[rate]}", table_column=Column(no_wrap=True)),
+            TimeElapsedColumn(table_column=Column(no_wrap=True)),
+            TextColumn("[cyan]{task.fields[score]}[/] {task.fields[metrics]}",
+                       table_column=Column(no_wrap=True, overflow="ellipsis", ratio=1)),
             console=console,
             transient=False,
+            expand=True,
         )
         self.task: Any = None
         self.score = ""
@@ -68,7 +59,7 @@ class RichProgress:
         self.bar.update(self.task, advance=count, **fields)
 
     def evaluation(self, phase: str, step: int, summary: dict[str, Any]) -> None:
-        self.score = f"score {summary['score']:.1f}±{summary['std']:.1f} @{step}"
+        self.score = f"score {summary['score']:.0f}±{summary['std']:.0f}@{step}"
         if self.task is not None:
             self.bar.update(self.task, score=self.score)
 
