@@ -130,7 +130,8 @@ def render(paths: list[str | Path], fmt: str) -> str:
     if fmt == "markdown":
         lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         lines += ["| " + " | ".join(row) + " |" for row in rows]
-        lines += ["", f"Score rule: {'; '.join(rules)}. Cells: mean ± std over seeds, before → after fine-tuning."]
+        cells = "before → after fine-tuning" if any("→" in cell for row in rows for cell in row) else "final score"
+        lines += ["", f"Score rule: {'; '.join(rules)}. Cells: {cells}, mean ± std over seeds."]
         return "\n".join(lines) + "\n"
     if fmt == "csv":
         stream = io.StringIO()
