@@ -134,3 +134,14 @@ def test_a_fresh_run_never_writes_into_an_existing_run(pointmaze_dataset, tmp_pa
     pretrain_tiny("iql", pointmaze_dataset, tmp_path / "run")
     with pytest.raises(OfftuneError, match="already holds a run"):
         pretrain_tiny("iql", pointmaze_dataset, tmp_path / "run")
+
+
+def test_config_file_sits_between_presets_and_set(pointmaze_dataset, tmp_path):
+    config_file = tmp_path / "iql.yaml"
+    config_file.write_text("expectile: 0.8\nbeta: 5.0\n")
+    pretrain_tiny("iql", pointmaze_dataset, tmp_path / "run", steps=2, config_file=config_file)
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())["algo_config"]
+    assert (saved["expectile"], saved["beta"], saved["hidden_dims"]) == (0.8, 5.0, [32, 32])
+    config_file.write_text("- not a mapping\n")
+    with pytest.raises(OfftuneError, match="must hold a mapping"):
+        pretrain_tiny("iql", pointmaze_dataset, tmp_path / "other", steps=2, config_file=config_file)
