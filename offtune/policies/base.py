@@ -47,5 +47,3 @@ class Agent(Protocol):
     def actor_module(self) -> nn.Module:
         """A module mapping normalised observations to deterministic actions, for export."""
 
-
-AgentFactory = Callable[[int, int, Any, torch.device], Agent]

@@ -18,6 +18,7 @@ import torch
 from offtune.buffers.datasets import DatasetInfo
 from offtune.buffers.transforms import Normalizer
 from offtune.errors import OfftuneError
+from offtune.policies.base import Agent
 
 FORMAT = "offtune-checkpoint"
 VERSION = 1
@@ -79,7 +80,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
 class LoadedAgent:
     """An agent rebuilt from a checkpoint, with what is needed to feed it raw env observations."""
 
-    agent: Any
+    agent: Agent
     algo: str
     config: Any
     info: DatasetInfo
