@@ -11,30 +11,25 @@ The Python API mirrors the command line::
 
 from __future__ import annotations
 
-from importlib import import_module
-from typing import Any
+from offtune.buffers.datasets import load as load_dataset
+from offtune.finetune.evaluate import evaluate
+from offtune.finetune.export import export
+from offtune.finetune.trainer import finetune, pretrain
+from offtune.policies.checkpoint import load_agent, load_checkpoint
+from offtune.policies.policy import load_policy
 
 __version__ = "0.1.0"
 
-_EXPORTS = {
-    "pretrain": "offtune.finetune.trainer",
-    "finetune": "offtune.finetune.trainer",
-    "evaluate": "offtune.finetune.evaluate",
-    "load_checkpoint": "offtune.policies.checkpoint",
-    "load_agent": "offtune.policies.checkpoint",
-    "load_policy": "offtune.policies.policy",
-    "export": "offtune.finetune.export",
-    "load_dataset": "offtune.buffers.datasets",
-}
-
-
-def __getattr__(name: str) -> Any:
-    """Import heavy modules (torch, MuJoCo) only when their function is first used."""
-    if name == "load_dataset":
-        return import_module("offtune.buffers.datasets").load
-    if name in _EXPORTS:
-        return getattr(import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'offtune' has no attribute '{name}'")
-
-
-__all__ = [*_EXPORTS, "__version__"]
+# ``finetune`` names both a subpackage and the function; importing the function last keeps
+# ``offtune.finetune(...)`` callable (later submodule imports do not rebind it).
+__all__ = [
+    "pretrain",
+    "finetune",
+    "evaluate",
+    "load_checkpoint",
+    "load_agent",
+    "load_policy",
+    "export",
+    "load_dataset",
+    "__version__",
+]

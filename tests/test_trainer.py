@@ -145,3 +145,11 @@ def test_config_file_sits_between_presets_and_set(pointmaze_dataset, tmp_path):
     config_file.write_text("- not a mapping\n")
     with pytest.raises(OfftuneError, match="must hold a mapping"):
         pretrain_tiny("iql", pointmaze_dataset, tmp_path / "other", steps=2, config_file=config_file)
+
+
+def test_python_api_names_are_the_functions():
+    import offtune
+    import offtune.finetune.sweep  # noqa: F401  (a submodule import must not shadow the function)
+
+    assert offtune.finetune is trainer.finetune and offtune.pretrain is trainer.pretrain
+    assert callable(offtune.load_policy) and callable(offtune.export)
