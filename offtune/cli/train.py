@@ -35,7 +35,8 @@ def _interrupted(error: trainer.Interrupted) -> None:
 @click.option("--batch-size", type=int, default=None, help="Default: the algorithm's (256).")
 @click.option("--eval-every", type=int, default=None, help="Updates between evaluations (default 50k).")
 @click.option("--eval-episodes", type=int, default=None, help="Default: 100 on AntMaze, 10 elsewhere.")
-@click.option("--task-mode", type=click.Choice(["d4rl", "goal"]), default=None, help="Maze task (default: d4rl on AntMaze, goal on PointMaze).")
+@click.option("--task-mode", type=click.Choice(["d4rl", "goal"]), default=None,
+              help="Maze task (default: d4rl on AntMaze, goal on PointMaze).")
 @click.option("--out", type=click.Path(file_okay=False), default=None, help="The run directory itself.")
 @SETS
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), default=None, help="YAML of settings.")
