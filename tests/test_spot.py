@@ -174,8 +174,10 @@ def test_lambda_cools_linearly_to_its_floor_and_online_discount_switches():
     agent = small_agent(lam=0.25, lam_end=0.2, online_discount=0.995)
     assert agent.lam == 0.25 and agent.discount == 0.99
     agent.anneal(0.7)
+    agent.updates = 7
     agent.on_online_start()
     assert agent.lam == 0.25 and agent.discount == 0.995
+    assert agent.updates == 0, "the actor's policy_freq cycle restarts online"
     expected = {0.0: 0.25, 0.5: 0.125, 0.8: 0.05, 0.95: 0.05, 1.0: 0.05}
     for progress, lam in expected.items():
         agent.anneal(progress)
@@ -233,11 +235,12 @@ def test_state_dict_round_trip_resumes_bit_exactly_in_both_stages():
         agent.update(batch)
     agent.on_online_start()
     agent.anneal(0.3)
+    agent.update(batches[3])  # the restarted cycle's critic-only step: the next update also trains the actor
     torch.manual_seed(11)
     resumed = SPOTAgent(OBS, ACT, small_config(lam=0.1, online_discount=0.995))
     resumed.load_state_dict(state_round_trip(agent))
     assert resumed.vae_optimizer is None and resumed.lam == agent.lam and resumed.discount == 0.995
-    for step, batch in enumerate(batches[3:]):
+    for step, batch in enumerate(batches[4:]):
         torch.manual_seed(step)
         expected = agent.update(batch)
         torch.manual_seed(step)

@@ -291,7 +291,12 @@ class SPOTAgent:
         """SPOT has no offline schedule."""
 
     def on_online_start(self) -> None:
-        """Switch to the online discount (if any) and start λ at its offline value; optimisers carry over."""
+        """Switch to the online discount (if any) and start λ at its offline value; optimisers carry over.
+
+        The update counter restarts, as in the official ``main_finetune.py`` (a new agent that loads the
+        weights), so the actor's every-``policy_freq`` cycle starts afresh.
+        """
+        self.updates = 0
         if self.config.online_discount is not None:
             self.discount = self.config.online_discount
         self.anneal(0.0)
