@@ -270,6 +270,9 @@ def test_anneal_scales_both_weights_down_to_a_fifth():
     restored = small_agent(seed=3)
     restored.load_state_dict(saved(agent.state_dict()))
     assert math.isclose(restored.min_q_weight, 1.0) and math.isclose(restored.bc_weight, 0.1)
+    constant = small_agent(anneal_end=1.0)
+    constant.anneal(0.9)
+    assert (constant.min_q_weight, constant.bc_weight) == (5.0, 0.5)
 
 
 @pytest.mark.parametrize("overrides", [{}, {"use_lagrange": True, "add_positive": True, "layer_norm": True}])

@@ -35,7 +35,6 @@ VARIANTS = ("misa", "dv", "nwj", "ba")
 MEAN_BOUNDS = (-9.0, 9.0)
 LOG_STD_BOUNDS = (-5.0, 2.0)
 LAGRANGE_MAX = 1e6
-ANNEAL_FLOOR = 0.2
 _HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
 
 
@@ -60,7 +59,7 @@ class MISAConfig:
     term is on offline when ``unbiased_grad``; online it stays on only if ``unbiased_online`` (off by
     default: it only corrects the behaviour-likelihood gradient and costs most of the update's time).
 
-    Online, ``anneal(progress)`` sets γ₁ and γ₂ to base·max(0.2, 1 − progress). The official code has
+    Online, ``anneal(progress)`` sets γ₁ and γ₂ to base·max(``anneal_end``, 1 − progress). The official code has
     no fine-tuning; this is our choice, mirroring SPOT's λ cooling to 0.2·λ, so that the CQL-like
     penalty does not pin the fine-tuned policy to the data.
     """
@@ -103,6 +102,8 @@ class MISAConfig:
     reward_transform: str = "identity"
     normalize_observations: bool = False
     dataset_action_clip: float = 0.999
+    anneal_end: float = 0.2
+    """Online, γ₁ and γ₂ cool to this fraction of their base values (1.0 keeps them constant)."""
 
     def __post_init__(self) -> None:
         check_variant(self.variant)
@@ -474,8 +475,8 @@ class MISAAgent:
         self.online = True
 
     def anneal(self, progress: float) -> None:
-        """γ₁ and γ₂ ← base·max(0.2, 1 − progress) (our choice, like SPOT's λ cooling)."""
-        scale = max(ANNEAL_FLOOR, 1.0 - progress)
+        """γ₁ and γ₂ ← base·max(γ_end, 1 − progress) (our choice, like SPOT's λ cooling)."""
+        scale = max(self.config.anneal_end, 1.0 - progress)
         self.min_q_weight = self.config.min_q_weight * scale
         self.bc_weight = self.config.bc_weight * scale
 
