@@ -1,7 +1,8 @@
 """Throughput, measured side by side in one run: offtune's updates against plain reference code, the live env,
 and the fine-tuning loop.
 
-    python benchmarks/throughput.py [--seconds 6] [--rounds 6] [--device cpu] [--threads N] [--compile] [--json]
+    python benchmarks/throughput.py [--seconds 6] [--rounds 6] [--device cpu] [--threads N] [--compile]
+                                    [--matmul-precision highest|high|medium] [--json]
 
 What it measures (batch 256, 256x256 networks, each algorithm's official AntMaze settings, on the observation
 and action sizes of ``antmaze-umaze-v2``: 29 and 8):
@@ -18,7 +19,9 @@ and action sizes of ``antmaze-umaze-v2``: 29 and 8):
   compared with its parts measured apart in the same stretch of time.
 
 ``--seconds`` is the time each measurement gets in total, split over the rounds. ``--compile`` also measures
-the agents with every network compiled in place by ``torch.compile``. No timing is asserted anywhere; the
+the agents with every network compiled in place by ``torch.compile``. ``--matmul-precision`` sets the
+internal precision of float32 matmuls for every contender alike, the reference included (``medium``: bfloat16
+on AMX/AVX512-BF16 CPUs and on CUDA). No timing is asserted anywhere; the
 second table says which targets this run met, beside the ratio of matmul FLOPs that bounds a compute-bound
 device.
 """
@@ -247,7 +250,7 @@ class LoopRounds:
 
 def loop_rounds(
     root: Path, info: datasets.DatasetInfo, device: torch.device, seconds: float, rounds: int, rows: int,
-    loop_steps: int,
+    loop_steps: int, matmul_precision: str,
 ) -> dict[str, Rate]:
     """The fine-tuning loop against its parts measured apart, taking turns.
 
@@ -259,7 +262,7 @@ def loop_rounds(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         pretrained = trainer.pretrain("iql", DATASET, steps=2, eval_episodes=1, device=str(device),
-                                      out=root / "pretrain")
+                                      matmul_precision=matmul_precision, out=root / "pretrain")
     agent, config = offtune_agent("iql", info, device)
     buffer = ReplayBuffer(info.obs_dim, info.action_dim, synthetic_transitions(rows, info.obs_dim, info.action_dim),
                           device=device)
@@ -282,7 +285,7 @@ def loop_rounds(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         trainer.finetune(pretrained.checkpoint, steps=loop_steps, eval_episodes=1, device=str(device),
-                         out=root / "finetune", progress=clock)
+                         matmul_precision=matmul_precision, out=root / "finetune", progress=clock)
     envs.close()
     samples["loop"] = clock.rates
     names = {"env": ("env step (AntMaze_UMaze-v4, live task wrapper)", "steps/s", "random actions, 1 env"),
@@ -311,6 +314,7 @@ def environment(device: torch.device) -> dict[str, Any]:
         "cores": os.cpu_count(),
         "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),
+        "matmul_precision": torch.get_float32_matmul_precision(),
         "python": platform.python_version(),
         "load_average": [round(v, 2) for v in os.getloadavg()],
     }
@@ -375,7 +379,8 @@ def print_table(rates: dict[str, Rate], checks: list[dict[str, Any]], env: dict[
     console.print(targets)
     console.print(
         f"{env['date']}  device {env['device']} ({env['cpu']}, {env['cores']} cores)  torch {env['torch']} "
-        f"with {env['torch_threads']} threads  python {env['python']}  load average {env['load_average']} at the "
+        f"with {env['torch_threads']} threads, matmul precision {env['matmul_precision']}  python {env['python']}  "
+        f"load average {env['load_average']} at the "
         f"start, {env['load_average_end']} at the end"
     )
 
@@ -390,14 +395,17 @@ def print_table(rates: dict[str, Rate], checks: list[dict[str, Any]], env: dict[
 @click.option("--loop-steps", default=1000, show_default=True,
               help="Online steps of the measured fine-tuning run (it logs every loop-steps // 50).")
 @click.option("--compile", "compile_", is_flag=True, help="Also measure the agents with torch.compile'd networks.")
+@click.option("--matmul-precision", type=click.Choice(trainer.MATMUL_PRECISIONS), default="highest",
+              show_default=True, help="Internal precision of float32 matmuls, for every contender.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document instead of tables.")
 def main(seconds: float, rounds: int, device: str, threads: int | None, rows: int, loop_steps: int,
-         compile_: bool, as_json: bool) -> None:
+         compile_: bool, matmul_precision: str, as_json: bool) -> None:
     if threads is not None:
         os.environ["OMP_NUM_THREADS"] = str(threads)  # the trainer's rule: it keeps the user's thread count
     torch_device = trainer.resolve_device(device)
     if threads is not None:
         torch.set_num_threads(threads)
+    trainer.set_matmul_precision(matmul_precision)
     torch.manual_seed(0)
     console = Console(stderr=as_json, width=None if sys.stdout.isatty() else 170)
     env = environment(torch_device)
@@ -408,7 +416,9 @@ def main(seconds: float, rounds: int, device: str, threads: int | None, rows: in
         with console.status("updates/s (interleaved rounds)"):
             rates, failures = update_rates(info, torch_device, seconds, rounds, rows, compile_)
         with console.status("env steps/s, updates/s and the fine-tuning loop, in turns"):
-            rates.update(loop_rounds(root / "runs", info, torch_device, seconds, rounds, rows, loop_steps))
+            rates.update(
+                loop_rounds(root / "runs", info, torch_device, seconds, rounds, rows, loop_steps, matmul_precision)
+            )
     env["load_average_end"] = [round(v, 2) for v in os.getloadavg()]
     checks = summarize(rates)
     if as_json:

@@ -116,9 +116,21 @@ def test_user_mistakes_are_offtune_errors(pointmaze_dataset, tmp_path):
         trainer.pretrain("iql", pointmaze_dataset, steps=1, out=tmp_path / "b", overrides={"expectle": "0.9"})
     with pytest.raises(OfftuneError, match="expected a value of type float"):
         trainer.pretrain("iql", pointmaze_dataset, steps=1, out=tmp_path / "c", overrides={"expectile": "high"})
+    with pytest.raises(OfftuneError, match="Did you mean: medium"):
+        pretrain_tiny("iql", pointmaze_dataset, tmp_path / "d", matmul_precision="meduim")
     pretrain_tiny("iql", pointmaze_dataset, tmp_path / "offline")
     with pytest.raises(OfftuneError, match="pretraining run"):
         trainer.finetune(resume=tmp_path / "offline", device="cpu")
+
+
+def test_matmul_precision_is_applied_and_recorded(pointmaze_dataset, tmp_path):
+    try:
+        pretrain_tiny("iql", pointmaze_dataset, tmp_path / "run", matmul_precision="medium")
+        assert torch.get_float32_matmul_precision() == "medium"
+        config = json.loads((tmp_path / "run" / "config.json").read_text())
+        assert config["run"]["matmul_precision"] == "medium"
+    finally:
+        torch.set_float32_matmul_precision("highest")
 
 
 def test_a_checkpoint_whose_observation_size_does_not_fit_is_refused(pointmaze_dataset, tmp_path):

@@ -16,6 +16,11 @@ from offtune.policies.checkpoint import load_agent
 from offtune.policies.config import parse_assignments
 
 DEVICE = click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+PRECISION = click.option(
+    "--matmul-precision", type=click.Choice(trainer.MATMUL_PRECISIONS), default="highest", show_default=True,
+    help="float32 matmuls: highest = full fp32; high = TF32 on CUDA; medium = bfloat16 on CUDA and on CPUs "
+         "with AMX/AVX512-BF16 (faster, less precise).",
+)
 SEED = click.option("--seed", default=0, show_default=True, type=int)
 SETS = click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override any config field.")
 LOGGER = click.option("--logger", type=click.Choice(LOGGERS), default=None, help="Also send metrics there.")
@@ -32,6 +37,7 @@ def _interrupted(error: trainer.Interrupted) -> None:
 @click.option("--steps", default=1_000_000, show_default=True, type=int, help="Actor-critic updates.")
 @SEED
 @DEVICE
+@PRECISION
 @click.option("--batch-size", type=int, default=None, help="Default: the algorithm's (256).")
 @click.option("--eval-every", type=int, default=None, help="Updates between evaluations (default 50k).")
 @click.option("--eval-episodes", type=int, default=None, help="Default: 100 on AntMaze, 10 elsewhere.")
@@ -43,15 +49,16 @@ def _interrupted(error: trainer.Interrupted) -> None:
 @LOGGER
 @click.option("--resume", type=click.Path(file_okay=False), default=None, help="Continue an interrupted run.")
 @click.option("--download", is_flag=True, help="Download the dataset if it is not local.")
-def pretrain(algo, dataset, steps, seed, device, batch_size, eval_every, eval_episodes, task_mode, out, sets,
-             config_file, logger, resume, download) -> None:
+def pretrain(algo, dataset, steps, seed, device, matmul_precision, batch_size, eval_every, eval_episodes, task_mode,
+             out, sets, config_file, logger, resume, download) -> None:
     """Pretrain ALGO (iql, spot, misa) offline on DATASET (a D4RL name or a Minari id)."""
     if dataset is None and resume is None:
         raise click.UsageError("DATASET is required unless --resume is given")
     try:
         with RichProgress() as progress:
             result = trainer.pretrain(
-                algo, dataset, steps=steps, seed=seed, device=device, batch_size=batch_size,
+                algo, dataset, steps=steps, seed=seed, device=device, matmul_precision=matmul_precision,
+                batch_size=batch_size,
                 eval_every=eval_every, eval_episodes=eval_episodes, task_mode=task_mode, out=out,
                 overrides=parse_assignments(sets), config_file=config_file, logger=logger, resume=resume,
                 download=download, progress=progress,
@@ -76,13 +83,14 @@ def pretrain(algo, dataset, steps, seed, device, batch_size, eval_every, eval_ep
 @click.option("--eval-episodes", type=int, default=None, help="Default: 100 on AntMaze, 10 elsewhere.")
 @SEED
 @DEVICE
+@PRECISION
 @click.option("--out", type=click.Path(file_okay=False), default=None, help="The run directory itself.")
 @SETS
 @LOGGER
 @click.option("--resume", type=click.Path(file_okay=False), default=None, help="Continue an interrupted run.")
 @click.option("--download", is_flag=True, help="Download the dataset if it is not local.")
 def finetune(checkpoint, steps, utd, num_envs, mix, online_ratio, buffer_size, eval_every, eval_episodes, seed,
-             device, out, sets, logger, resume, download) -> None:
+             device, matmul_precision, out, sets, logger, resume, download) -> None:
     """Fine-tune CHECKPOINT online in the live environment of its dataset."""
     if checkpoint is None and resume is None:
         raise click.UsageError("CHECKPOINT is required unless --resume is given")
@@ -95,8 +103,8 @@ def finetune(checkpoint, steps, utd, num_envs, mix, online_ratio, buffer_size, e
             result = trainer.finetune(
                 checkpoint, steps=steps, utd=utd, num_envs=num_envs, online_ratio=online_ratio,
                 buffer_size=buffer_size, eval_every=eval_every, eval_episodes=eval_episodes, seed=seed,
-                device=device, out=out, overrides=parse_assignments(sets), logger=logger, resume=resume,
-                download=download, progress=progress,
+                device=device, matmul_precision=matmul_precision, out=out, overrides=parse_assignments(sets),
+                logger=logger, resume=resume, download=download, progress=progress,
             )
     except trainer.Interrupted as error:
         _interrupted(error)

@@ -125,6 +125,24 @@ def resolve_device(device: str | torch.device) -> torch.device:
     return device
 
 
+MATMUL_PRECISIONS = ("highest", "high", "medium")
+
+
+def set_matmul_precision(precision: str) -> None:
+    """Internal precision of float32 matmuls, for the whole process (``torch.set_float32_matmul_precision``).
+
+    "highest" keeps full float32. "high" lets CUDA use TF32; "medium" lets CUDA, and CPUs with AMX or
+    AVX512-BF16, multiply in bfloat16 with float32 accumulation: faster, with ~3 significant digits per
+    product instead of ~7. Parameters, optimiser states and every non-matmul op stay float32.
+    """
+    if precision not in MATMUL_PRECISIONS:
+        raise OfftuneError(
+            f"unknown matmul precision '{precision}'; choose from {', '.join(MATMUL_PRECISIONS)}."
+            f"{suggest(precision, MATMUL_PRECISIONS)}"
+        )
+    torch.set_float32_matmul_precision(precision)
+
+
 def algorithm(name: str) -> tuple[type, type]:
     """(ConfigClass, AgentClass) of an algorithm name, or an error naming the closest ones."""
     key = name.lower()
@@ -269,6 +287,7 @@ def pretrain(
     steps: int = 1_000_000,
     seed: int = 0,
     device: str = "auto",
+    matmul_precision: str = "highest",
     batch_size: int | None = None,
     eval_every: int | None = None,
     eval_episodes: int | None = None,
@@ -297,6 +316,7 @@ def pretrain(
         batch_size, task_mode, out = None, resumed["dataset"]["task_mode"], resume
     config_cls, agent_cls = algorithm(algo)
     torch_device = resolve_device(device)
+    set_matmul_precision(matmul_precision)
     data = datasets.load(dataset, task_mode=task_mode, download=download)
     info = data.info
     if resumed is not None:
@@ -310,7 +330,7 @@ def pretrain(
     run = RunDirectory(run_path, logger)
     run_settings = {"phase": "offline", "algo": algo, "dataset": dataset, "seed": seed, "steps": steps,
                     "eval_every": eval_every, "eval_episodes": eval_episodes, "device": str(torch_device),
-                    **({"label": label} if label else {})}
+                    "matmul_precision": matmul_precision, **({"label": label} if label else {})}
     run.write_config({"run": run_settings, "algo_config": config_to_dict(config), "dataset": info.to_dict()})
 
     seed_everything(seed)
@@ -402,6 +422,7 @@ def finetune(
     eval_episodes: int | None = None,
     seed: int = 0,
     device: str = "auto",
+    matmul_precision: str = "highest",
     out: str | Path | None = None,
     overrides: dict[str, Any] | None = None,
     logger: str | None = None,
@@ -433,6 +454,7 @@ def finetune(
     algo = source["algo"]
     config_cls, agent_cls = algorithm(algo)
     torch_device = resolve_device(device)
+    set_matmul_precision(matmul_precision)
     info = DatasetInfo.from_dict(source["dataset"])
     config = config_from_dict(config_cls, source["config"])
     if resumed is None:
@@ -453,7 +475,8 @@ def finetune(
     settings = {"phase": "online", "algo": algo, "dataset": info.name, "checkpoint": origin,
                 "seed": seed, "steps": steps, "utd": utd, "num_envs": num_envs, "online_ratio": online_ratio,
                 "buffer_size": buffer_size, "eval_every": eval_every, "eval_episodes": eval_episodes,
-                "device": str(torch_device), **({"label": label} if label else {})}
+                "device": str(torch_device), "matmul_precision": matmul_precision,
+                **({"label": label} if label else {})}
     run.write_config({"run": settings, "algo_config": config_to_dict(config), "dataset": info.to_dict()})
 
     seed_everything(seed)
