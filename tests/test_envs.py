@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import gymnasium as gym
 import numpy as np
 
@@ -32,6 +34,8 @@ def test_antmaze_d4rl_env_matches_the_data(antmaze_umaze_dataset):
     place_agent(env, np.array([-4.0, 4.6]))  # 0.6 from the goal: no success
     _, reward, terminated, _, step_info = env.step(np.zeros(8))
     assert (reward, terminated, step_info["success"]) == (0.0, False, False)
+    # gymnasium-robotics leaves the model's XML in the temp folder; offtune removes it once the env is built
+    assert not Path(env.unwrapped.tmp_xml_file_path).exists()
 
 
 def test_antmaze_time_limit_is_a_truncation(antmaze_umaze_dataset):

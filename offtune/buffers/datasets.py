@@ -176,14 +176,22 @@ def maze_cell(maze_map: Sequence[Sequence[int | str]], marker: str) -> tuple[int
 
 def make_gym_env(spec: Any, **kwargs: Any) -> Any:
     """``gym.make`` with gymnasium-robotics registered and its "v4 is out of date" warning silenced: the
-    Minari maze data were collected on the v4 envs, so v4 is what offtune must build."""
+    Minari maze data were collected on the v4 envs, so v4 is what offtune must build.
+
+    Maze envs write their MuJoCo model to a fresh XML file in the temp folder and never delete it (one per
+    env, thousands over a sweep); the model is compiled by then, so the file is removed here.
+    """
     import gymnasium as gym
     import gymnasium_robotics
 
     gym.register_envs(gymnasium_robotics)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*is out of date.*")
-        return gym.make(spec, **kwargs)
+        env = gym.make(spec, **kwargs)
+    model_file = getattr(env.unwrapped, "tmp_xml_file_path", None)
+    if model_file is not None:
+        Path(model_file).unlink(missing_ok=True)
+    return env
 
 
 def maze_scaling(spec: Any) -> float:
