@@ -25,6 +25,7 @@ from rich.console import Console
 from offtune.buffers import collect
 from offtune.buffers.datasets import local_ids
 from offtune.finetune import report, trainer
+from offtune.policies.config import parse_assignments
 
 console = Console()
 
@@ -57,6 +58,8 @@ def main() -> None:
     parser.add_argument("--eval-episodes", type=int, default=20)
     parser.add_argument("--eval-every", type=int, default=None, help="Default: 4 evaluations per phase.")
     parser.add_argument("--official", action="store_true", help="Use each algorithm's official settings.")
+    parser.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                        help="Override a setting of every algorithm run (pretraining; the fine-tuning inherits it).")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--out", default="runs/learning")
     args = parser.parse_args()
@@ -65,7 +68,7 @@ def main() -> None:
     for maze in args.mazes.split(","):
         dataset = ensure_dataset(maze, args.dataset_steps, args.noise, seed=0)
         for algo in args.algos.split(","):
-            overrides = {} if args.official else CPU_OVERRIDES.get(algo, {})
+            overrides = {**({} if args.official else CPU_OVERRIDES.get(algo, {})), **parse_assignments(args.sets)}
             for seed in map(int, args.seeds.split(",")):
                 name = f"{algo}-{maze}-s{seed}"
                 started = time.perf_counter()
