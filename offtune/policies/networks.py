@@ -132,6 +132,19 @@ class Critic(nn.Module):
         inputs = torch.cat([observations, actions], dim=-1)
         return self.net(inputs).squeeze(-1)
 
+    def member(self, index: int, observations: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        """Qᵢ(s, a) of one critic alone, ``(batch,)``: a loss that reads one critic (TD3's actor reads Q₁)
+        pays for that one only, forward and backward."""
+        hidden = torch.cat([observations, actions], dim=-1)
+        for layer in self.net:
+            if isinstance(layer, EnsembleLinear):
+                hidden = torch.addmm(layer.bias[index], hidden, layer.weight[index])
+            elif isinstance(layer, EnsembleLayerNorm):
+                hidden = nn.functional.layer_norm(hidden, (layer.size,)) * layer.weight[index] + layer.bias[index]
+            else:
+                hidden = layer(hidden)
+        return hidden.squeeze(-1)
+
 
 @torch.no_grad()
 def soft_update(target: nn.Module, source: nn.Module, tau: float) -> None:

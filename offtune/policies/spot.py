@@ -252,7 +252,7 @@ class SPOTAgent:
             self.actor.train()
             pi = self.actor(observations)
             self.critic.requires_grad_(False)
-            q_pi = self.critic(observations, pi)[0]
+            q_pi = self.critic.member(0, observations, pi)
             self.critic.requires_grad_(True)
             neg_log_beta = self.neg_log_beta(observations, pi)
             actor_loss = normalized_actor_loss(q_pi, neg_log_beta, self.lam, config.q_normalization)
