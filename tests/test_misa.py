@@ -270,9 +270,12 @@ def test_anneal_scales_both_weights_down_to_a_fifth():
     restored = small_agent(seed=3)
     restored.load_state_dict(saved(agent.state_dict()))
     assert math.isclose(restored.min_q_weight, 1.0) and math.isclose(restored.bc_weight, 0.1)
-    constant = small_agent(anneal_end=1.0)
-    constant.anneal(0.9)
-    assert (constant.min_q_weight, constant.bc_weight) == (5.0, 0.5)
+    critic_kept = small_agent(min_q_weight_end=1.0)
+    critic_kept.anneal(0.9)
+    assert critic_kept.min_q_weight == 5.0 and math.isclose(critic_kept.bc_weight, 0.1)
+    actor_kept = small_agent(bc_weight_end=1.0, min_q_weight_end=0.5)
+    actor_kept.anneal(0.9)
+    assert actor_kept.min_q_weight == 2.5 and actor_kept.bc_weight == 0.5
 
 
 @pytest.mark.parametrize("overrides", [{}, {"use_lagrange": True, "add_positive": True, "layer_norm": True}])

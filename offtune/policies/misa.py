@@ -59,7 +59,8 @@ class MISAConfig:
     term is on offline when ``unbiased_grad``; online it stays on only if ``unbiased_online`` (off by
     default: it only corrects the behaviour-likelihood gradient and costs most of the update's time).
 
-    Online, ``anneal(progress)`` sets γ₁ and γ₂ to base·max(``anneal_end``, 1 − progress). The official code has
+    Online, ``anneal(progress)`` sets γ₁ and γ₂ to base·max(end, 1 − progress), with ends
+    ``min_q_weight_end`` and ``bc_weight_end``. The official code has
     no fine-tuning; this is our choice, mirroring SPOT's λ cooling to 0.2·λ, so that the CQL-like
     penalty does not pin the fine-tuned policy to the data.
     """
@@ -102,8 +103,10 @@ class MISAConfig:
     reward_transform: str = "identity"
     normalize_observations: bool = False
     dataset_action_clip: float = 0.999
-    anneal_end: float = 0.2
-    """Online, γ₁ and γ₂ cool to this fraction of their base values (1.0 keeps them constant)."""
+    min_q_weight_end: float = 0.2
+    """Online, γ₁ cools to this fraction of ``min_q_weight`` (1.0 keeps it)."""
+    bc_weight_end: float = 0.2
+    """Online, γ₂ cools to this fraction of ``bc_weight`` (1.0 keeps it)."""
 
     def __post_init__(self) -> None:
         check_variant(self.variant)
@@ -475,10 +478,10 @@ class MISAAgent:
         self.online = True
 
     def anneal(self, progress: float) -> None:
-        """γ₁ and γ₂ ← base·max(γ_end, 1 − progress) (our choice, like SPOT's λ cooling)."""
-        scale = max(self.config.anneal_end, 1.0 - progress)
-        self.min_q_weight = self.config.min_q_weight * scale
-        self.bc_weight = self.config.bc_weight * scale
+        """γ₁ and γ₂ ← base·max(end, 1 − progress) (our choice, like SPOT's λ cooling)."""
+        cfg = self.config
+        self.min_q_weight = cfg.min_q_weight * max(cfg.min_q_weight_end, 1.0 - progress)
+        self.bc_weight = cfg.bc_weight * max(cfg.bc_weight_end, 1.0 - progress)
 
     # -------------------------------------------------------------------------------- checkpoints
 
