@@ -261,18 +261,20 @@ def test_metrics_are_detached_scalars_and_hmc_runs_offline_only_by_default():
     assert "hmc_accept_rate" not in ba and ba["mi_penalty"].item() == 0.0
 
 
-def test_anneal_scales_both_weights_down_to_a_fifth():
+def test_anneal_cools_gamma2_to_a_fifth_and_keeps_gamma1_by_default():
     agent = small_agent()
     agent.anneal(0.5)
-    assert (agent.min_q_weight, agent.bc_weight) == (2.5, 0.25)
+    assert (agent.min_q_weight, agent.bc_weight) == (5.0, 0.25)
     agent.anneal(0.95)
-    assert math.isclose(agent.min_q_weight, 1.0) and math.isclose(agent.bc_weight, 0.1)
+    assert agent.min_q_weight == 5.0 and math.isclose(agent.bc_weight, 0.1)
+    both = small_agent(min_q_weight_end=0.2)
+    both.anneal(0.5)
+    assert (both.min_q_weight, both.bc_weight) == (2.5, 0.25)
+    both.anneal(0.95)
+    assert math.isclose(both.min_q_weight, 1.0) and math.isclose(both.bc_weight, 0.1)
     restored = small_agent(seed=3)
-    restored.load_state_dict(saved(agent.state_dict()))
+    restored.load_state_dict(saved(both.state_dict()))
     assert math.isclose(restored.min_q_weight, 1.0) and math.isclose(restored.bc_weight, 0.1)
-    critic_kept = small_agent(min_q_weight_end=1.0)
-    critic_kept.anneal(0.9)
-    assert critic_kept.min_q_weight == 5.0 and math.isclose(critic_kept.bc_weight, 0.1)
     actor_kept = small_agent(bc_weight_end=1.0, min_q_weight_end=0.5)
     actor_kept.anneal(0.9)
     assert actor_kept.min_q_weight == 2.5 and actor_kept.bc_weight == 0.5
