@@ -59,7 +59,8 @@ def main() -> None:
     parser.add_argument("--eval-every", type=int, default=None, help="Default: 4 evaluations per phase.")
     parser.add_argument("--official", action="store_true", help="Use each algorithm's official settings.")
     parser.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
-                        help="Override a setting of every algorithm run (pretraining; the fine-tuning inherits it).")
+                        help="Override a setting of every algorithm run (pretraining; the fine-tuning inherits it); "
+                             "the key must exist in each algorithm of --algos.")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--out", default="runs/learning")
     args = parser.parse_args()

@@ -20,6 +20,13 @@ from offtune.buffers import collect
 torch.set_num_threads(1)
 
 
+@pytest.fixture(autouse=True)
+def full_precision_matmuls() -> Iterator[None]:
+    """``--matmul-precision`` is process-wide: a test that sets it must not change the next test's numbers."""
+    yield
+    torch.set_float32_matmul_precision("highest")
+
+
 @pytest.fixture(scope="session", autouse=True)
 def minari_root(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """A temporary ``MINARI_DATASETS_PATH`` for the whole session."""

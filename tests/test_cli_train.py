@@ -43,8 +43,10 @@ def test_finetune_report_and_plot(pretrained, tmp_path):
     assert result.exit_code == 0, result.output
     assert "before" in result.output and "after" in result.output
     second = run("finetune", pretrained / "checkpoints" / "final.pt", "--steps", 40, "--eval-episodes", 2,
-                 "--seed", 1, "--out", tmp_path / "ft-seed1", "--device", "cpu")
+                 "--seed", 1, "--out", tmp_path / "ft-seed1", "--device", "cpu", "--matmul-precision", "medium")
     assert second.exit_code == 0, second.output
+    assert json.loads((tmp_path / "ft-seed1" / "config.json").read_text())["run"]["matmul_precision"] == "medium"
+    assert json.loads((tmp_path / "ft" / "config.json").read_text())["run"]["matmul_precision"] == "highest"
 
     markdown = run("report", tmp_path / "ft", tmp_path / "ft-seed1", "--format", "markdown")
     lines = markdown.output.splitlines()
@@ -68,6 +70,7 @@ def test_finetune_report_and_plot(pretrained, tmp_path):
         (["pretrain", "iql", "pointmaze-umaze", "--set", "expectle=0.9"], "Did you mean: expectile"),
         (["evaluate", "missing.pt"], "does not exist"),
         (["report", "nowhere"], "does not exist"),
+        (["pretrain", "iql", "pointmaze-umaze", "--matmul-precision", "low"], "'highest', 'high', 'medium'"),
     ],
 )
 def test_user_mistakes_exit_2_with_one_line(args, message, pointmaze_dataset):

@@ -70,6 +70,7 @@ def test_pointmaze_goal_env_terminates_on_success(pointmaze_dataset):
     place_agent(env, observation[-2:])
     _, reward, terminated, truncated, _ = env.step(np.zeros(2))
     assert (reward, terminated, truncated) == (1.0, True, False)
+    assert not Path(env.unwrapped.tmp_xml_file_path).exists()
 
 
 def test_locomotion_env_is_the_plain_env(hopper_dataset):

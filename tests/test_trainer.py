@@ -123,14 +123,14 @@ def test_user_mistakes_are_offtune_errors(pointmaze_dataset, tmp_path):
         trainer.finetune(resume=tmp_path / "offline", device="cpu")
 
 
-def test_matmul_precision_is_applied_and_recorded(pointmaze_dataset, tmp_path):
-    try:
-        pretrain_tiny("iql", pointmaze_dataset, tmp_path / "run", matmul_precision="medium")
-        assert torch.get_float32_matmul_precision() == "medium"
-        config = json.loads((tmp_path / "run" / "config.json").read_text())
-        assert config["run"]["matmul_precision"] == "medium"
-    finally:
-        torch.set_float32_matmul_precision("highest")
+def test_matmul_precision_is_applied_recorded_and_left_alone_by_default(pointmaze_dataset, tmp_path):
+    pretrain_tiny("iql", pointmaze_dataset, tmp_path / "run", matmul_precision="medium")
+    assert torch.get_float32_matmul_precision() == "medium"
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["run"]["matmul_precision"] == "medium"
+    torch.set_float32_matmul_precision("high")
+    pretrain_tiny("iql", pointmaze_dataset, tmp_path / "default")
+    assert torch.get_float32_matmul_precision() == "high"
+    assert json.loads((tmp_path / "default" / "config.json").read_text())["run"]["matmul_precision"] == "high"
 
 
 def test_a_checkpoint_whose_observation_size_does_not_fit_is_refused(pointmaze_dataset, tmp_path):

@@ -17,9 +17,9 @@ from offtune.policies.config import parse_assignments
 
 DEVICE = click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 PRECISION = click.option(
-    "--matmul-precision", type=click.Choice(trainer.MATMUL_PRECISIONS), default="highest", show_default=True,
-    help="float32 matmuls: highest = full fp32; high = TF32 on CUDA; medium = bfloat16 on CUDA and on CPUs "
-         "with AMX/AVX512-BF16 (faster, less precise).",
+    "--matmul-precision", type=click.Choice(trainer.MATMUL_PRECISIONS), default=None,
+    help="float32 matmuls: highest = full fp32 (torch's default); high = TF32 on CUDA; medium = bfloat16 on "
+         "CUDA and on CPUs with AMX/AVX512-BF16 (faster, less precise). --resume keeps the run's.",
 )
 SEED = click.option("--seed", default=0, show_default=True, type=int)
 SETS = click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override any config field.")

@@ -110,8 +110,9 @@ class RunResult:
 
 def resolve_device(device: str | torch.device) -> torch.device:
     """"auto" picks CUDA when present. On the CPU, torch gets one thread unless OMP_NUM_THREADS says
-    otherwise: 256-wide networks gain little from intra-op threads, and on small or shared machines
-    OpenMP's spinning threads can make every matmul many times slower (see benchmarks/throughput.py)."""
+    otherwise: a second thread speeds 256-wide updates up only while a core is idle for it, and OpenMP's
+    spinning threads make every matmul several times slower once other work shares the cores (README,
+    "Devices and threads")."""
     if str(device) == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     try:
@@ -128,19 +129,23 @@ def resolve_device(device: str | torch.device) -> torch.device:
 MATMUL_PRECISIONS = ("highest", "high", "medium")
 
 
-def set_matmul_precision(precision: str) -> None:
-    """Internal precision of float32 matmuls, for the whole process (``torch.set_float32_matmul_precision``).
+def set_matmul_precision(precision: str | None) -> str:
+    """Internal precision of float32 matmuls, for the whole process (``torch.set_float32_matmul_precision``);
+    None leaves torch's current setting. Returns the precision in force.
 
     "highest" keeps full float32. "high" lets CUDA use TF32; "medium" lets CUDA, and CPUs with AMX or
     AVX512-BF16, multiply in bfloat16 with float32 accumulation: faster, with ~3 significant digits per
     product instead of ~7. Parameters, optimiser states and every non-matmul op stay float32.
     """
+    if precision is None:
+        return torch.get_float32_matmul_precision()
     if precision not in MATMUL_PRECISIONS:
         raise OfftuneError(
             f"unknown matmul precision '{precision}'; choose from {', '.join(MATMUL_PRECISIONS)}."
             f"{suggest(precision, MATMUL_PRECISIONS)}"
         )
     torch.set_float32_matmul_precision(precision)
+    return precision
 
 
 def algorithm(name: str) -> tuple[type, type]:
@@ -287,7 +292,7 @@ def pretrain(
     steps: int = 1_000_000,
     seed: int = 0,
     device: str = "auto",
-    matmul_precision: str = "highest",
+    matmul_precision: str | None = None,
     batch_size: int | None = None,
     eval_every: int | None = None,
     eval_episodes: int | None = None,
@@ -314,9 +319,10 @@ def pretrain(
         steps, eval_every = run_settings["steps"], run_settings["eval_every"]
         eval_episodes = run_settings["eval_episodes"]
         batch_size, task_mode, out = None, resumed["dataset"]["task_mode"], resume
+        matmul_precision = matmul_precision or run_settings.get("matmul_precision")
     config_cls, agent_cls = algorithm(algo)
     torch_device = resolve_device(device)
-    set_matmul_precision(matmul_precision)
+    matmul_precision = set_matmul_precision(matmul_precision)
     data = datasets.load(dataset, task_mode=task_mode, download=download)
     info = data.info
     if resumed is not None:
@@ -422,7 +428,7 @@ def finetune(
     eval_episodes: int | None = None,
     seed: int = 0,
     device: str = "auto",
-    matmul_precision: str = "highest",
+    matmul_precision: str | None = None,
     out: str | Path | None = None,
     overrides: dict[str, Any] | None = None,
     logger: str | None = None,
@@ -444,6 +450,7 @@ def finetune(
         online_ratio, buffer_size, seed = settings["online_ratio"], settings["buffer_size"], settings["seed"]
         eval_every, eval_episodes = settings["eval_every"], settings["eval_episodes"]
         label, out, origin = settings.get("label"), resume, settings["checkpoint"]
+        matmul_precision = matmul_precision or settings.get("matmul_precision")
     else:
         if checkpoint is None:
             raise OfftuneError("give a checkpoint to fine-tune, or --resume DIR")
@@ -454,7 +461,7 @@ def finetune(
     algo = source["algo"]
     config_cls, agent_cls = algorithm(algo)
     torch_device = resolve_device(device)
-    set_matmul_precision(matmul_precision)
+    matmul_precision = set_matmul_precision(matmul_precision)
     info = DatasetInfo.from_dict(source["dataset"])
     config = config_from_dict(config_cls, source["config"])
     if resumed is None:
