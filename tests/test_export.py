@@ -114,7 +114,7 @@ def raw_live_env(info: DatasetInfo) -> gym.Env:
 
 # The consumer: plain SB3 + gymnasium(-robotics), with offtune made unimportable.
 CONSUMER = textwrap.dedent("""
-    import json, sys
+    import json, os, sys
     sys.path = [p for p in sys.path if p.rstrip("/") != {repo!r}.rstrip("/")]
 
     class NoOfftune:
@@ -137,6 +137,7 @@ CONSUMER = textwrap.dedent("""
     job = json.load(open("job.json"))
     probes = dict(np.load("probes.npz"))
     env = gym.make(EnvSpec.from_json(job["env_spec"]))
+    os.remove(env.unwrapped.tmp_xml_file_path)  # gymnasium-robotics leaves its maze model in /tmp
     out = {{}}
     for name, (cls, path) in job["zips"].items():
         model = {{"td3": TD3, "sac": SAC}}[cls].load(path, env=env, device="cpu")
