@@ -52,8 +52,9 @@ def test_grid_expansion_names_labels_and_overrides(tmp_path):
 def test_sweep_file_and_its_mistakes(tmp_path):
     good = tmp_path / "sweep.yaml"
     good.write_text("algos: [IQL, spot]\ndatasets: antmaze-umaze-v2\nseeds: [0, 1, 2]\npretrain_steps: 10\n"
-                    "set: {batch_size: 64}\nspot:\n  grid: {lam: [0.1, 0.2]}\n")
+                    "set: {batch_size: 64}\nmatmul_precision: Medium\nspot:\n  grid: {lam: [0.1, 0.2]}\n")
     values = sweep.read_sweep_file(good)
+    assert values["matmul_precision"] == "medium"
     assert values["algos"] == ["iql", "spot"] and values["datasets"] == ["antmaze-umaze-v2"]
     assert values["seeds"] == [0, 1, 2] and values["algo_grids"] == {"spot": {"lam": [0.1, 0.2]}}
     assert len(sweep.SweepPlan(out=tmp_path, **values).runs()) == 3 + 2 * 3
@@ -65,6 +66,7 @@ def test_sweep_file_and_its_mistakes(tmp_path):
         ("datasets: [antmaze-umazee-v2]\n", "antmaze-umaze-v2"),
         ("algos: [iqll]\n", "Did you mean: iql"),
         ("pretrain_steps: 1e6\nseeds: [0, one]\n", "seeds takes whole numbers, got 'one'"),
+        ("matmul_precision: meduim\n", "Did you mean: medium"),
     ]:
         bad = tmp_path / "bad.yaml"
         bad.write_text("algos: [iql, spot]\ndatasets: [antmaze-umaze-v2]\nseeds: [0]\n" + text)
@@ -183,7 +185,10 @@ def test_without_ray_the_sweep_runs_here_and_says_how_to_get_ray(tmp_path, point
     monkeypatch.setattr(sweep, "ray_installed", lambda: False)
     args = ["sweep", "--algos", "iql", "--datasets", pointmaze_dataset, *STEPS, "--out", tmp_path, *TINY_SETS]
     assert "--address needs Ray" in words(run(*args, "--address", "auto"))
-    result = run(*args)
+    result = run(*args, "--matmul-precision", "medium")
     assert result.exit_code == 0, result.output
     assert "1 to run one at a time here" in words(result) and "pip install 'offtune[ray]'" in words(result)
-    assert sweep.run_state(tmp_path / "iql-offtune_pointmaze_umaze-v0-s0") == "done"
+    run_dir = tmp_path / "iql-offtune_pointmaze_umaze-v0-s0"
+    assert sweep.run_state(run_dir) == "done"
+    for phase in ("pretrain", "finetune"):
+        assert json.loads((run_dir / phase / "config.json").read_text())["run"]["matmul_precision"] == "medium"

@@ -15,6 +15,7 @@ from offtune.cli.display import console, err_console
 from offtune.cli.report import report as report_command
 from offtune.errors import OfftuneError
 from offtune.finetune import sweep as sweeps
+from offtune.finetune import trainer
 from offtune.policies.config import parse_assignments
 
 STATE_STYLES = {"queued": "dim", "running": "yellow", "done": "green", "failed": "bold red", "interrupted": "magenta"}
@@ -56,6 +57,9 @@ def status_table(rows: list[sweeps.RunStatus]) -> Table:
 @click.option("--finetune-steps", type=int, default=None, help="Online env steps per run (default 1M).")
 @click.option("--eval-every", type=int, default=None, help="Steps between evaluations, both phases (default 50k).")
 @click.option("--eval-episodes", type=int, default=None, help="Default: 100 on AntMaze, 10 elsewhere.")
+@click.option("--matmul-precision", type=click.Choice(trainer.MATMUL_PRECISIONS), default=None,
+              help="float32 matmuls of every run (see offtune pretrain --help); a run resumed by a rerun keeps "
+                   "its own.")
 @click.option("--out", type=click.Path(file_okay=False), default=None,
               help="Folder of the runs; on a cluster, one that every node shares.")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override a config field in every run.")
@@ -66,7 +70,7 @@ def status_table(rows: list[sweeps.RunStatus]) -> Table:
 @click.option("--download", is_flag=True, help="Download missing datasets on every node first.")
 @click.pass_context
 def sweep(ctx, config_file, algos, dataset_names, seeds, pretrain_steps, finetune_steps, eval_every, eval_episodes,
-          out, sets, address, cpus_per_run, gpus_per_run, sequential, download) -> None:
+          matmul_precision, out, sets, address, cpus_per_run, gpus_per_run, sequential, download) -> None:
     """Pretrain then fine-tune every algorithm × dataset × seed (× grid point), on Ray when it is installed.
 
     Running the same command again skips finished runs and resumes interrupted ones.
@@ -74,7 +78,8 @@ def sweep(ctx, config_file, algos, dataset_names, seeds, pretrain_steps, finetun
     values = sweeps.read_sweep_file(config_file) if config_file else {}
     given = {"algos": algos and _names(algos), "datasets": dataset_names and _names(dataset_names),
              "seeds": seeds and _seeds(seeds), "pretrain_steps": pretrain_steps, "finetune_steps": finetune_steps,
-             "eval_every": eval_every, "eval_episodes": eval_episodes, "out": out and Path(out)}
+             "eval_every": eval_every, "eval_episodes": eval_episodes, "matmul_precision": matmul_precision,
+             "out": out and Path(out)}
     values.update({key: value for key, value in given.items() if value is not None})
     values["settings"] = {**values.get("settings", {}), **parse_assignments(sets)}
     values.setdefault("seeds", [0])

@@ -30,7 +30,7 @@ from offtune.finetune import trainer
 from offtune.finetune.scores import read_json, read_yaml_mapping, write_json
 
 PLAN_KEYS = ("algos", "datasets", "seeds", "pretrain_steps", "finetune_steps", "eval_every", "eval_episodes",
-             "out", "set", "grid")
+             "matmul_precision", "out", "set", "grid")
 ALGO_SECTION_KEYS = ("set", "grid")
 RAY_HINT = "pip install 'offtune[ray]'"
 
@@ -87,6 +87,7 @@ class SweepPlan:
     finetune_steps: int = 1_000_000
     eval_every: int | None = None
     eval_episodes: int | None = None
+    matmul_precision: str | None = None
     settings: dict[str, Any] = field(default_factory=dict)
     grid: dict[str, list[Any]] = field(default_factory=dict)
     algo_settings: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -117,6 +118,10 @@ class SweepPlan:
             raise OfftuneError("a sweep needs at least one algorithm, one dataset and one seed")
         if self.pretrain_steps < 1 or self.finetune_steps < 1:
             raise OfftuneError("--pretrain-steps and --finetune-steps must be positive")
+        if self.matmul_precision is not None and self.matmul_precision not in trainer.MATMUL_PRECISIONS:
+            raise OfftuneError(f"unknown matmul precision '{self.matmul_precision}'; choose from "
+                               f"{', '.join(trainer.MATMUL_PRECISIONS)}."
+                               f"{suggest(self.matmul_precision, trainer.MATMUL_PRECISIONS)}")
         for name in self.datasets:
             datasets.resolve(name)
         for section in (*self.algo_settings, *self.algo_grids):
@@ -164,8 +169,8 @@ def read_sweep_file(path: str | Path) -> dict[str, Any]:
     """``sweep.yaml`` as keyword arguments of :class:`SweepPlan` (see the README's Sweeps section).
 
     Top level: ``algos``, ``datasets``, ``seeds``, ``pretrain_steps``, ``finetune_steps``, ``eval_every``,
-    ``eval_episodes``, ``out``, ``set`` (every run), ``grid`` (every algorithm); and one section per
-    algorithm with its own ``set`` and ``grid``.
+    ``eval_episodes``, ``matmul_precision``, ``out``, ``set`` (every run), ``grid`` (every algorithm); and one
+    section per algorithm with its own ``set`` and ``grid``.
     """
     loaded = read_yaml_mapping(path, "sweep file")
     plan: dict[str, Any] = {"algo_settings": {}, "algo_grids": {}}
@@ -178,6 +183,8 @@ def read_sweep_file(path: str | Path) -> dict[str, Any]:
             plan[key] = [_whole(key, v) for v in _listed(value)]
         elif key in ("pretrain_steps", "finetune_steps", "eval_every", "eval_episodes"):
             plan[key] = _whole(key, value)
+        elif key == "matmul_precision":
+            plan[key] = str(value).lower()
         elif key == "out":
             plan[key] = Path(value)
         elif key == "set":
@@ -240,7 +247,7 @@ def execute_run(run: RunSpec, plan: SweepPlan, torch_threads: int = 1) -> RunOut
     # Ray sets OMP_NUM_THREADS to the task's CPUs; tiny networks run fastest on one thread (see trainer).
     torch.set_num_threads(torch_threads)
     common = {"seed": run.seed, "eval_every": plan.eval_every, "eval_episodes": plan.eval_episodes,
-              "label": run.label}
+              "matmul_precision": plan.matmul_precision, "label": run.label}
     try:
         set_status(run_dir, "running", phase="pretrain", node=node)
         if not (pretrain_dir / "checkpoints" / "final.pt").exists():
