@@ -8,6 +8,7 @@ Minari ids; treat them as read-only (write your own ids for tests that overwrite
 from __future__ import annotations
 
 import os
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,6 +26,34 @@ def full_precision_matmuls() -> Iterator[None]:
     """``--matmul-precision`` is process-wide: a test that sets it must not change the next test's numbers."""
     yield
     torch.set_float32_matmul_precision("highest")
+
+
+class CtrlCAt:
+    """A progress display that presses Ctrl-C once the training stage (offline or online, not SPOT's VAE)
+    reaches ``step``."""
+
+    def __init__(self, step: int) -> None:
+        self.step, self.done, self.sent, self.in_training = step, 0, False, False
+
+    def stage(self, name: str, total: int, completed: int = 0) -> None:
+        self.in_training = "offline" in name or "online" in name
+        self.done = completed
+
+    def advance(self, count: int, metrics: dict[str, float]) -> None:
+        if self.in_training:
+            self.done += count
+            if self.done >= self.step and not self.sent:
+                self.sent = True
+                signal.raise_signal(signal.SIGINT)
+
+    def evaluation(self, phase: str, step: int, summary: dict) -> None:
+        pass
+
+
+@pytest.fixture
+def ctrl_c_at() -> type[CtrlCAt]:
+    """``ctrl_c_at(step)`` is a progress display for the trainer that interrupts it like a user would."""
+    return CtrlCAt
 
 
 @pytest.fixture(scope="session", autouse=True)

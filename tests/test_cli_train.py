@@ -6,6 +6,7 @@ import pytest
 from click.testing import CliRunner
 
 from offtune.cli.main import _register, cli
+from offtune.finetune import trainer
 
 _register()
 TINY = ["--set", "hidden_dims=32,32", "--set", "batch_size=32"]
@@ -59,6 +60,31 @@ def test_finetune_report_and_plot(pretrained, tmp_path):
     assert run("report", tmp_path).exit_code == 0
     plotted = run("plot", tmp_path, "-o", tmp_path / "curves.png")
     assert plotted.exit_code == 0 and (tmp_path / "curves.png").stat().st_size > 1000
+
+
+def test_report_in_the_middle_of_a_sweep_counts_finished_runs_over_the_same_seeds(
+    pretrained, pointmaze_dataset, tmp_path, ctrl_c_at
+):
+    checkpoint = pretrained / "checkpoints" / "final.pt"
+    finished = run("finetune", checkpoint, "--steps", 30, "--eval-episodes", 2, "--out", tmp_path / "ft-s0")
+    assert finished.exit_code == 0, finished.output
+    with pytest.raises(trainer.Interrupted):
+        trainer.finetune(checkpoint, steps=30, eval_episodes=2, seed=1, out=tmp_path / "ft-s1",
+                         progress=ctrl_c_at(10))
+    offline = run("pretrain", "iql", pointmaze_dataset, "--steps", 30, "--eval-episodes", 2, "--seed", 2,
+                  "--out", tmp_path / "offline-s2", *TINY)
+    assert offline.exit_code == 0, offline.output
+
+    scores = json.loads((tmp_path / "ft-s0" / "scores.json").read_text())
+    expected = f"{scores['before']['score']:.1f} ± 0.0 → {scores['after']['score']:.1f} ± 0.0"
+    markdown = run("report", tmp_path, "--format", "markdown").output
+    assert markdown.splitlines()[2] == f"| pointmaze-umaze-v0 | {expected} |"
+    assert f"- {tmp_path / 'ft-s1'} (unfinished)" in markdown
+    assert f"- {tmp_path / 'offline-s2'} (only pretrained, beside fine-tuned seeds)" in markdown
+    data = json.loads(run("report", tmp_path, "--format", "json").output)
+    assert data["cells"][0]["seeds"] == 1 and len(data["left_out"]) == 2
+    alone = CliRunner().invoke(cli, ["report", str(tmp_path / "ft-s1")])
+    assert alone.exit_code == 2 and "no finished runs yet" in alone.output
 
 
 @pytest.mark.parametrize(

@@ -2,7 +2,6 @@
 finished runs and resume interrupted ones, and one failing grid point that leaves the others done."""
 
 import json
-import signal
 
 import pytest
 from click.testing import CliRunner
@@ -139,32 +138,15 @@ def test_a_failing_grid_point_on_ray_leaves_the_others_done(tmp_path, pointmaze_
     assert lines[0] == "dataset,iql[expectile=0.8]" and len(lines) == 3
 
 
-class CtrlCAt:
-    """A progress display that presses Ctrl-C once the offline stage reaches ``step``."""
-
-    def __init__(self, step: int) -> None:
-        self.step, self.done = step, 0
-
-    def stage(self, name, total, completed=0):
-        self.done = completed
-
-    def advance(self, count, metrics):
-        self.done += count
-        if self.done >= self.step:
-            self.step = float("inf")
-            signal.raise_signal(signal.SIGINT)
-
-    def evaluation(self, phase, step, summary):
-        pass
-
-
-def test_sequential_sweep_resumes_an_interrupted_run_and_keeps_finished_phases(tmp_path, pointmaze_dataset):
+def test_sequential_sweep_resumes_an_interrupted_run_and_keeps_finished_phases(
+    tmp_path, pointmaze_dataset, ctrl_c_at
+):
     plan = sweep.SweepPlan(["iql"], [pointmaze_dataset], [0, 1], tmp_path, pretrain_steps=40, finetune_steps=30,
                            eval_every=20, eval_episodes=2, settings=TINY)
     cut, done_offline = (tmp_path / run.name for run in plan.runs())
     with pytest.raises(trainer.Interrupted):
         trainer.pretrain("iql", pointmaze_dataset, steps=40, seed=0, eval_every=20, eval_episodes=2,
-                         out=cut / "pretrain", overrides=TINY, label="iql", progress=CtrlCAt(25))
+                         out=cut / "pretrain", overrides=TINY, label="iql", progress=ctrl_c_at(25))
     trainer.pretrain("iql", pointmaze_dataset, steps=40, seed=1, eval_every=20, eval_episodes=2,
                      out=done_offline / "pretrain", overrides=TINY, label="iql")
     offline_final = done_offline / "pretrain" / "checkpoints" / "final.pt"

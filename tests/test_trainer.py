@@ -1,11 +1,11 @@
 """The trainer end to end on the small PointMaze dataset: run directory, checkpoints, resume, fine-tuning."""
 
 import json
-import signal
 
 import pytest
 import torch
 
+from offtune.buffers import collect
 from offtune.errors import OfftuneError
 from offtune.finetune import trainer
 from offtune.policies.checkpoint import load_agent, load_checkpoint
@@ -44,32 +44,11 @@ def test_pretrain_writes_the_run_directory_and_a_checkpoint_that_round_trips(alg
     torch.testing.assert_close(loaded.agent.act(observations), load_agent(result.checkpoint).agent.act(observations))
 
 
-class InterruptAt:
-    """A progress display that presses Ctrl-C once the offline stage reaches ``step``."""
-
-    def __init__(self, step: int) -> None:
-        self.step, self.done, self.sent, self.in_offline = step, 0, False, False
-
-    def stage(self, name, total, completed=0):
-        self.in_offline = "offline" in name or "online" in name
-        self.done = completed
-
-    def advance(self, count, metrics):
-        if self.in_offline:
-            self.done += count
-            if self.done >= self.step and not self.sent:
-                self.sent = True
-                signal.raise_signal(signal.SIGINT)
-
-    def evaluation(self, phase, step, summary):
-        pass
-
-
 @pytest.mark.parametrize("algo", ["iql", "spot"])
-def test_resume_after_ctrl_c_equals_an_uninterrupted_run(algo, pointmaze_dataset, tmp_path):
+def test_resume_after_ctrl_c_equals_an_uninterrupted_run(algo, pointmaze_dataset, tmp_path, ctrl_c_at):
     whole = pretrain_tiny(algo, pointmaze_dataset, tmp_path / "whole", steps=30, eval_every=10)
     with pytest.raises(trainer.Interrupted) as stopped:
-        pretrain_tiny(algo, pointmaze_dataset, tmp_path / "cut", steps=30, eval_every=10, progress=InterruptAt(14))
+        pretrain_tiny(algo, pointmaze_dataset, tmp_path / "cut", steps=30, eval_every=10, progress=ctrl_c_at(14))
     assert stopped.value.step == 14
     assert load_checkpoint(tmp_path / "cut" / "checkpoints" / "last.pt")["step"] == 14
     resumed = trainer.pretrain(algo, None, resume=tmp_path / "cut", device="cpu")
@@ -86,7 +65,7 @@ def test_resume_after_ctrl_c_equals_an_uninterrupted_run(algo, pointmaze_dataset
     assert steps == [10, 20, 30]
 
 
-def test_finetune_reports_before_and_after_and_resumes(pointmaze_dataset, tmp_path):
+def test_finetune_reports_before_and_after_and_resumes(pointmaze_dataset, tmp_path, ctrl_c_at):
     offline = pretrain_tiny("iql", pointmaze_dataset, tmp_path / "offline")
     online = trainer.finetune(offline.checkpoint, steps=60, eval_every=30, eval_episodes=2, out=tmp_path / "ft",
                               device="cpu", num_envs=2, online_ratio=0.5)
@@ -101,12 +80,26 @@ def test_finetune_reports_before_and_after_and_resumes(pointmaze_dataset, tmp_pa
 
     with pytest.raises(trainer.Interrupted):
         trainer.finetune(offline.checkpoint, steps=60, eval_every=30, eval_episodes=2, out=tmp_path / "cut",
-                         device="cpu", progress=InterruptAt(20))
+                         device="cpu", progress=ctrl_c_at(20))
     last = load_checkpoint(tmp_path / "cut" / "checkpoints" / "last.pt")
     assert last["buffer"]["online"].shape[0] == last["step"] >= 20
     resumed = trainer.finetune(resume=tmp_path / "cut", device="cpu")
     assert resumed.scores["after"]["step"] == 60
     assert [e["step"] for e in resumed.scores["evaluations"] if e["phase"] == "online"] == [0, 30, 60]
+
+
+def test_finetune_reloads_the_dataset_version_the_pretraining_used(tmp_path, monkeypatch):
+    other_version = collect.collect_pointmaze("umaze", steps=1_000, seed=1, dataset_id="offtune/pointmaze/umaze-v1").id
+    offline = pretrain_tiny("iql", other_version, tmp_path / "offline")
+    loaded = []
+    real_load = trainer.datasets.load
+    monkeypatch.setattr(trainer.datasets, "load", lambda name, **kw: loaded.append(name) or real_load(name, **kw))
+    online = trainer.finetune(offline.checkpoint, steps=10, eval_episodes=1, out=tmp_path / "ft", device="cpu")
+    assert loaded == [other_version]
+    trainer.finetune(online.checkpoint, steps=10, eval_episodes=1, out=tmp_path / "ft2", device="cpu")
+    assert loaded == [other_version, other_version]
+    config = json.loads((tmp_path / "ft" / "config.json").read_text())
+    assert config["dataset"]["name"] == "pointmaze-umaze-v0" and config["dataset"]["minari_id"] == other_version
 
 
 def test_user_mistakes_are_offtune_errors(pointmaze_dataset, tmp_path):

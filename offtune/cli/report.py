@@ -18,14 +18,17 @@ def report(runs, fmt) -> None:
     if fmt != "table":
         click.echo(reports.render(list(runs), fmt), nl=False)
         return
-    header, rows, rules = reports.table_rows(list(runs))
-    table = Table(title="offline → online", caption=f"score rule: {'; '.join(rules)}; mean ± std over seeds")
+    result = reports.aggregate(list(runs))
+    header, rows = reports.table_rows(result)
+    table = Table(title="offline → online", caption=f"score rule: {'; '.join(result.rules)}; mean ± std over seeds")
     for column in header:
         table.add_column(column)
     for row in rows[:-1]:
         table.add_row(*row)
     table.add_row(*rows[-1], style="bold")
     console.print(table)
+    for reason in result.left_out:
+        console.print(f"left out: {reason}", highlight=False)
 
 
 @click.command()

@@ -109,7 +109,7 @@ def finetune(checkpoint, steps, utd, num_envs, mix, online_ratio, buffer_size, e
     except trainer.Interrupted as error:
         _interrupted(error)
     config = json.loads((result.run_dir / "config.json").read_text())
-    console.print(before_after_table("offline → online", config["run"]["dataset"], config["run"]["algo"],
+    console.print(before_after_table("offline → online", config["dataset"]["name"], config["run"]["algo"],
                                      result.scores))
     console.print(f"report: {result.run_dir / 'report.md'}\ncheckpoint: [bold]{result.checkpoint}[/]")
 

@@ -1,7 +1,9 @@
 """Aggregate run directories into the papers' layout and draw learning curves.
 
 One row per dataset, one column per algorithm (or sweep label), each cell ``before → after`` as mean ± std
-over seeds (pretraining-only runs show their final offline score), and a total row of the means.
+over seeds (pretraining-only runs show their final offline score), and a total row of the means. Only finished
+runs count, and a cell never mixes offline-only with fine-tuned runs, so a report taken in the middle of a sweep
+is not skewed by seeds that are still running; what is left out is listed below the table.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ class RunRecord:
     before: float | None
     after: float
     evaluations: list[dict[str, Any]]
+    finished: bool
     regret: float | None = None
 
 
@@ -82,28 +85,52 @@ def read_run(path: Path) -> RunRecord | None:
         before, after = scores["before"]["score"], scores["after"]["score"]
     else:
         before, after = None, evaluations[-1]["score"]
-    return RunRecord(path, run["dataset"], run.get("label", run["algo"]), run["seed"], scores.get("rule", ""),
-                     before, after, evaluations, scores.get("regret"))
+    finished = (path / "checkpoints" / "final.pt").exists()
+    return RunRecord(path, config["dataset"]["name"], run.get("label", run["algo"]), run["seed"],
+                     scores.get("rule", ""), before, after, evaluations, finished, scores.get("regret"))
 
 
-def aggregate(paths: list[str | Path]) -> tuple[list[str], list[str], dict[tuple[str, str], Cell], list[str]]:
-    """(datasets, columns, cells, score rules) over every finished run under ``paths``."""
-    cells: dict[tuple[str, str], Cell] = defaultdict(Cell)
-    rules: set[str] = set()
+@dataclass
+class Report:
+    """The aggregated table: ``left_out`` says which runs were not counted, and why."""
+
+    datasets: list[str]
+    columns: list[str]
+    cells: dict[tuple[str, str], Cell]
+    rules: list[str]
+    left_out: list[str]
+
+
+def aggregate(paths: list[str | Path]) -> Report:
+    """Every finished run under ``paths``, by (dataset, column); in a cell with fine-tuned runs, runs that were
+    only pretrained are left out, so "before" and "after" are over the same seeds."""
+    groups: dict[tuple[str, str], list[RunRecord]] = defaultdict(list)
+    left_out: list[str] = []
     for path in find_runs(paths):
         record = read_run(path)
-        if record is None:
+        if record is None or not record.finished:
+            left_out.append(f"{path} (unfinished)")
             continue
-        cell = cells[(record.dataset, record.column)]
-        cell.after.append(record.after)
-        if record.before is not None:
-            cell.before.append(record.before)
-        if record.regret is not None:
-            cell.regret.append(record.regret)
-        rules.add(record.rule)
+        groups[(record.dataset, record.column)].append(record)
+    cells: dict[tuple[str, str], Cell] = {}
+    rules: set[str] = set()
+    for key, records in groups.items():
+        if any(r.before is not None for r in records):
+            left_out += [f"{r.path} (only pretrained, beside fine-tuned seeds)" for r in records if r.before is None]
+            records = [r for r in records if r.before is not None]
+        cell = cells[key] = Cell()
+        for record in records:
+            cell.after.append(record.after)
+            if record.before is not None:
+                cell.before.append(record.before)
+            if record.regret is not None:
+                cell.regret.append(record.regret)
+            rules.add(record.rule)
+    if not cells:
+        raise OfftuneError(f"no finished runs yet under {', '.join(map(str, paths))} ({len(left_out)} unfinished)")
     datasets = sorted({d for d, _ in cells})
     columns = sorted({c for _, c in cells})
-    return datasets, columns, dict(cells), sorted(rules)
+    return Report(datasets, columns, cells, sorted(rules), left_out)
 
 
 def total_text(cells: dict[tuple[str, str], Cell], datasets: list[str], column: str) -> str:
@@ -115,23 +142,26 @@ def total_text(cells: dict[tuple[str, str], Cell], datasets: list[str], column: 
     return f"{after:.1f}"
 
 
-def table_rows(paths: list[str | Path]) -> tuple[list[str], list[list[str]], list[str]]:
-    """Header, rows (datasets then 'total') and the score rules, ready for any output format."""
-    datasets, columns, cells, rules = aggregate(paths)
-    header = ["dataset", *columns]
-    rows = [[d, *[cells[(d, c)].text() if (d, c) in cells else "-" for c in columns]] for d in datasets]
-    rows.append(["total", *[total_text(cells, datasets, c) for c in columns]])
-    return header, rows, rules
+def table_rows(report: Report) -> tuple[list[str], list[list[str]]]:
+    """Header and rows (datasets then 'total'), ready for any output format."""
+    cells = report.cells
+    header = ["dataset", *report.columns]
+    rows = [[d, *[cells[(d, c)].text() if (d, c) in cells else "-" for c in report.columns]] for d in report.datasets]
+    rows.append(["total", *[total_text(cells, report.datasets, c) for c in report.columns]])
+    return header, rows
 
 
 def render(paths: list[str | Path], fmt: str) -> str:
     """The report as markdown, csv or json text."""
-    header, rows, rules = table_rows(paths)
+    report = aggregate(paths)
+    header, rows = table_rows(report)
     if fmt == "markdown":
         lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         lines += ["| " + " | ".join(row) + " |" for row in rows]
         cells = "before → after fine-tuning" if any("→" in cell for row in rows for cell in row) else "final score"
-        lines += ["", f"Score rule: {'; '.join(rules)}. Cells: {cells}, mean ± std over seeds."]
+        lines += ["", f"Score rule: {'; '.join(report.rules)}. Cells: {cells}, mean ± std over seeds."]
+        if report.left_out:
+            lines += ["", "Left out:", *[f"- {reason}" for reason in report.left_out]]
         return "\n".join(lines) + "\n"
     if fmt == "csv":
         stream = io.StringIO()
@@ -140,17 +170,17 @@ def render(paths: list[str | Path], fmt: str) -> str:
         writer.writerows(rows)
         return stream.getvalue()
     if fmt == "json":
-        datasets, columns, cells, rules = aggregate(paths)
         data = {
-            "rules": rules,
+            "rules": report.rules,
             "cells": [
                 {"dataset": d, "column": c, "seeds": len(cell.after), "after_mean": float(np.mean(cell.after)),
                  "after_std": float(np.std(cell.after)),
                  "before_mean": float(np.mean(cell.before)) if cell.before else None,
                  "before_std": float(np.std(cell.before)) if cell.before else None,
                  "regret_mean": float(np.mean(cell.regret)) if cell.regret else None}
-                for (d, c), cell in sorted(cells.items())
+                for (d, c), cell in sorted(report.cells.items())
             ],
+            "left_out": report.left_out,
         }
         return json.dumps(data, indent=2) + "\n"
     raise OfftuneError(f"unknown format '{fmt}'")

@@ -466,7 +466,10 @@ def finetune(
     config = config_from_dict(config_cls, source["config"])
     if resumed is None:
         config = apply_overrides(config, overrides or {})
-    data = datasets.load(info.name, task_mode=info.task_mode, download=download)
+    # The name the pretraining loaded the data by: a Minari id in another version than the registry's default
+    # resolves to the same DatasetInfo.name, so that name alone could bring back different data.
+    dataset = source.get("run", {}).get("dataset", info.name)
+    data = datasets.load(dataset, task_mode=info.task_mode, download=download)
     if data.info.obs_dim != info.obs_dim or data.info.action_dim != info.action_dim:
         raise OfftuneError(
             f"the checkpoint expects observations of size {info.obs_dim} and actions of size {info.action_dim}, "
@@ -479,7 +482,7 @@ def finetune(
     buffer_size = buffer_size or steps
     run_path = Path(out) if resumed is not None else new_run_dir(out, default_run_dir(algo, info.name, seed, "-ft"))
     run = RunDirectory(run_path, logger)
-    settings = {"phase": "online", "algo": algo, "dataset": info.name, "checkpoint": origin,
+    settings = {"phase": "online", "algo": algo, "dataset": dataset, "checkpoint": origin,
                 "seed": seed, "steps": steps, "utd": utd, "num_envs": num_envs, "online_ratio": online_ratio,
                 "buffer_size": buffer_size, "eval_every": eval_every, "eval_episodes": eval_episodes,
                 "device": str(torch_device), "matmul_precision": matmul_precision,
