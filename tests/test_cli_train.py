@@ -1,6 +1,7 @@
 """The training commands as a user types them: output, files, exit codes, reports and plots."""
 
 import json
+import shutil
 
 import pytest
 from click.testing import CliRunner
@@ -76,13 +77,19 @@ def test_report_in_the_middle_of_a_sweep_counts_finished_runs_over_the_same_seed
     assert offline.exit_code == 0, offline.output
 
     scores = json.loads((tmp_path / "ft-s0" / "scores.json").read_text())
+    shutil.copytree(tmp_path / "ft-s0", tmp_path / "ft-s3")
+    (tmp_path / "ft-s3" / "scores.json").write_text(json.dumps({k: v for k, v in scores.items() if k != "after"}))
     expected = f"{scores['before']['score']:.1f} ± 0.0 → {scores['after']['score']:.1f} ± 0.0"
     markdown = run("report", tmp_path, "--format", "markdown").output
     assert markdown.splitlines()[2] == f"| pointmaze-umaze-v0 | {expected} |"
     assert f"- {tmp_path / 'ft-s1'} (unfinished)" in markdown
+    assert f"- {tmp_path / 'ft-s3'} (unfinished)" in markdown
     assert f"- {tmp_path / 'offline-s2'} (only pretrained, beside fine-tuned seeds)" in markdown
     data = json.loads(run("report", tmp_path, "--format", "json").output)
-    assert data["cells"][0]["seeds"] == 1 and len(data["left_out"]) == 2
+    assert data["cells"][0]["seeds"] == 1 and len(data["left_out"]) == 3
+    csv = CliRunner().invoke(cli, ["report", str(tmp_path), "--format", "csv"])
+    assert csv.stdout.splitlines()[1] == f"pointmaze-umaze-v0,{expected}"
+    assert "left out:" not in csv.stdout and csv.stderr.count("left out:") == 3
     alone = CliRunner().invoke(cli, ["report", str(tmp_path / "ft-s1")])
     assert alone.exit_code == 2 and "no finished runs yet" in alone.output
 

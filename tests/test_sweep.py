@@ -4,6 +4,7 @@ finished runs and resume interrupted ones, and one failing grid point that leave
 import json
 
 import pytest
+import torch
 from click.testing import CliRunner
 
 from offtune.cli.main import _register, cli
@@ -54,6 +55,9 @@ def test_sweep_file_and_its_mistakes(tmp_path):
                     "set: {batch_size: 64}\nmatmul_precision: Medium\nspot:\n  grid: {lam: [0.1, 0.2]}\n")
     values = sweep.read_sweep_file(good)
     assert values["matmul_precision"] == "medium"
+    unset = tmp_path / "unset.yaml"
+    unset.write_text("algos: [iql]\ndatasets: [antmaze-umaze-v2]\nmatmul_precision: null\n")
+    assert sweep.read_sweep_file(unset)["matmul_precision"] is None
     assert values["algos"] == ["iql", "spot"] and values["datasets"] == ["antmaze-umaze-v2"]
     assert values["seeds"] == [0, 1, 2] and values["algo_grids"] == {"spot": {"lam": [0.1, 0.2]}}
     assert len(sweep.SweepPlan(out=tmp_path, **values).runs()) == 3 + 2 * 3
@@ -167,8 +171,10 @@ def test_without_ray_the_sweep_runs_here_and_says_how_to_get_ray(tmp_path, point
     monkeypatch.setattr(sweep, "ray_installed", lambda: False)
     args = ["sweep", "--algos", "iql", "--datasets", pointmaze_dataset, *STEPS, "--out", tmp_path, *TINY_SETS]
     assert "--address needs Ray" in words(run(*args, "--address", "auto"))
-    result = run(*args, "--matmul-precision", "medium")
+    before = torch.get_float32_matmul_precision()
+    result = run(*args, "--matmul-precision", "MEDIUM")
     assert result.exit_code == 0, result.output
+    assert torch.get_float32_matmul_precision() == before
     assert "1 to run one at a time here" in words(result) and "pip install 'offtune[ray]'" in words(result)
     run_dir = tmp_path / "iql-offtune_pointmaze_umaze-v0-s0"
     assert sweep.run_state(run_dir) == "done"

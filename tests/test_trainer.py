@@ -7,6 +7,7 @@ import torch
 
 from offtune.buffers import collect
 from offtune.errors import OfftuneError
+from offtune.finetune import report as reports
 from offtune.finetune import trainer
 from offtune.policies.checkpoint import load_agent, load_checkpoint
 
@@ -100,6 +101,19 @@ def test_finetune_reloads_the_dataset_version_the_pretraining_used(tmp_path, mon
     assert loaded == [other_version, other_version]
     config = json.loads((tmp_path / "ft" / "config.json").read_text())
     assert config["dataset"]["name"] == "pointmaze-umaze-v0" and config["dataset"]["minari_id"] == other_version
+    assert reports.aggregate([tmp_path / "ft"]).datasets == [f"pointmaze-umaze-v0 ({other_version})"]
+
+
+def test_finetune_reloads_the_exact_minari_id_even_when_its_name_now_finds_another_version(tmp_path, monkeypatch):
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path / "datasets"))
+    only_local = collect.collect_pointmaze("umaze", steps=1_000, seed=1, dataset_id="offtune/pointmaze/umaze-v1").id
+    offline = pretrain_tiny("iql", "pointmaze-umaze-v0", tmp_path / "offline")
+    collect.collect_pointmaze("umaze", steps=1_000, seed=2)
+    loaded = []
+    real_load = trainer.datasets.load
+    monkeypatch.setattr(trainer.datasets, "load", lambda name, **kw: loaded.append(name) or real_load(name, **kw))
+    trainer.finetune(offline.checkpoint, steps=10, eval_episodes=1, out=tmp_path / "ft", device="cpu")
+    assert loaded == [only_local]
 
 
 def test_user_mistakes_are_offtune_errors(pointmaze_dataset, tmp_path):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 from rich.table import Table
 
-from offtune.cli.display import console
+from offtune.cli.display import console, err_console
 from offtune.finetune import report as reports
 
 
@@ -15,10 +15,13 @@ from offtune.finetune import report as reports
               show_default=True)
 def report(runs, fmt) -> None:
     """Aggregate RUNS (run directories or folders of them): datasets x algorithms, mean ± std over seeds."""
-    if fmt != "table":
-        click.echo(reports.render(list(runs), fmt), nl=False)
-        return
     result = reports.aggregate(list(runs))
+    if fmt != "table":
+        click.echo(reports.render(result, fmt), nl=False)
+        if fmt == "csv":
+            for reason in result.left_out:
+                err_console.print(f"left out: {reason}", highlight=False)
+        return
     header, rows = reports.table_rows(result)
     table = Table(title="offline → online", caption=f"score rule: {'; '.join(result.rules)}; mean ± std over seeds")
     for column in header:

@@ -11,7 +11,7 @@ from rich.live import Live
 from rich.markup import escape
 from rich.table import Table
 
-from offtune.cli.display import console, err_console
+from offtune.cli.display import err_console
 from offtune.cli.report import report as report_command
 from offtune.errors import OfftuneError
 from offtune.finetune import sweep as sweeps
@@ -57,7 +57,7 @@ def status_table(rows: list[sweeps.RunStatus]) -> Table:
 @click.option("--finetune-steps", type=int, default=None, help="Online env steps per run (default 1M).")
 @click.option("--eval-every", type=int, default=None, help="Steps between evaluations, both phases (default 50k).")
 @click.option("--eval-episodes", type=int, default=None, help="Default: 100 on AntMaze, 10 elsewhere.")
-@click.option("--matmul-precision", type=click.Choice(trainer.MATMUL_PRECISIONS), default=None,
+@click.option("--matmul-precision", type=click.Choice(trainer.MATMUL_PRECISIONS, case_sensitive=False), default=None,
               help="float32 matmuls of every run (see offtune pretrain --help); a run resumed by a rerun keeps "
                    "its own.")
 @click.option("--out", type=click.Path(file_okay=False), default=None,
@@ -112,7 +112,7 @@ def sweep(ctx, config_file, algos, dataset_names, seeds, pretrain_steps, finetun
                           f"(see {plan.out / outcome.name / 'error.txt'})", highlight=False)
     try:
         ctx.invoke(report_command, runs=(str(plan.out),), fmt="table")
-    except OfftuneError:
-        console.print("no run has an evaluation yet, so there is no table")
+    except OfftuneError as no_table:
+        err_console.print(f"no table: {escape(str(no_table))}", highlight=False)
     if result.failed:
         sys.exit(1)

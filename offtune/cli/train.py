@@ -17,7 +17,7 @@ from offtune.policies.config import parse_assignments
 
 DEVICE = click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 PRECISION = click.option(
-    "--matmul-precision", type=click.Choice(trainer.MATMUL_PRECISIONS), default=None,
+    "--matmul-precision", type=click.Choice(trainer.MATMUL_PRECISIONS, case_sensitive=False), default=None,
     help="float32 matmuls: highest = full fp32 (torch's default); high = TF32 on CUDA; medium = bfloat16 on "
          "CUDA and on CPUs with AMX/AVX512-BF16 (faster, less precise). --resume keeps the run's.",
 )

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from offtune.buffers import datasets
 from offtune.errors import OfftuneError
 
 
@@ -85,9 +86,21 @@ def read_run(path: Path) -> RunRecord | None:
         before, after = scores["before"]["score"], scores["after"]["score"]
     else:
         before, after = None, evaluations[-1]["score"]
-    finished = (path / "checkpoints" / "final.pt").exists()
-    return RunRecord(path, config["dataset"]["name"], run.get("label", run["algo"]), run["seed"],
+    # A fine-tuning run is done once it has its "after" score, whatever checkpoints it left.
+    finished = (path / "checkpoints" / "final.pt").exists() and (run.get("phase") != "online" or "after" in scores)
+    return RunRecord(path, _row_name(config["dataset"]), run.get("label", run["algo"]), run["seed"],
                      scores.get("rule", ""), before, after, evaluations, finished, scores.get("regret"))
+
+
+def _row_name(dataset: dict[str, Any]) -> str:
+    """The dataset's name, with its Minari id when that is not the version the name stands for, so that two
+    versions of one dataset get two rows."""
+    name, minari_id = dataset["name"], dataset["minari_id"]
+    try:
+        default_id = datasets.resolve(name).minari_id
+    except OfftuneError:
+        default_id = None
+    return name if minari_id in (name, default_id) else f"{name} ({minari_id})"
 
 
 @dataclass
@@ -151,9 +164,8 @@ def table_rows(report: Report) -> tuple[list[str], list[list[str]]]:
     return header, rows
 
 
-def render(paths: list[str | Path], fmt: str) -> str:
-    """The report as markdown, csv or json text."""
-    report = aggregate(paths)
+def render(report: Report, fmt: str) -> str:
+    """The report as markdown, csv or json text (csv holds the table only, not ``left_out``)."""
     header, rows = table_rows(report)
     if fmt == "markdown":
         lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]

@@ -184,7 +184,7 @@ def read_sweep_file(path: str | Path) -> dict[str, Any]:
         elif key in ("pretrain_steps", "finetune_steps", "eval_every", "eval_episodes"):
             plan[key] = _whole(key, value)
         elif key == "matmul_precision":
-            plan[key] = str(value).lower()
+            plan[key] = None if value is None else str(value).lower()
         elif key == "out":
             plan[key] = Path(value)
         elif key == "set":
@@ -246,6 +246,8 @@ def execute_run(run: RunSpec, plan: SweepPlan, torch_threads: int = 1) -> RunOut
     node = socket.gethostname()
     # Ray sets OMP_NUM_THREADS to the task's CPUs; tiny networks run fastest on one thread (see trainer).
     torch.set_num_threads(torch_threads)
+    # The precision is process-wide: a run must not hand its own to the next run of the same worker.
+    process_precision = torch.get_float32_matmul_precision()
     common = {"seed": run.seed, "eval_every": plan.eval_every, "eval_episodes": plan.eval_episodes,
               "matmul_precision": plan.matmul_precision, "label": run.label}
     try:
@@ -272,6 +274,8 @@ def execute_run(run: RunSpec, plan: SweepPlan, torch_threads: int = 1) -> RunOut
         message = str(error).splitlines()[0] if str(error) else type(error).__name__
         set_status(run_dir, "failed", node=node, message=message)
         return RunOutcome(run.name, "failed", message)
+    finally:
+        torch.set_float32_matmul_precision(process_precision)
     (run_dir / "error.txt").unlink(missing_ok=True)
     set_status(run_dir, "done", node=node)
     return RunOutcome(run.name, "done")

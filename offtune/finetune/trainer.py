@@ -466,10 +466,10 @@ def finetune(
     config = config_from_dict(config_cls, source["config"])
     if resumed is None:
         config = apply_overrides(config, overrides or {})
-    # The name the pretraining loaded the data by: a Minari id in another version than the registry's default
-    # resolves to the same DatasetInfo.name, so that name alone could bring back different data.
+    # The exact Minari id pretraining loaded: the name it was given (or DatasetInfo.name) can resolve to another
+    # version once more versions are local.
     dataset = source.get("run", {}).get("dataset", info.name)
-    data = datasets.load(dataset, task_mode=info.task_mode, download=download)
+    data = datasets.load(info.minari_id, task_mode=info.task_mode, download=download)
     if data.info.obs_dim != info.obs_dim or data.info.action_dim != info.action_dim:
         raise OfftuneError(
             f"the checkpoint expects observations of size {info.obs_dim} and actions of size {info.action_dim}, "
@@ -588,13 +588,14 @@ def finetune(
         run.close()
         raise Interrupted(path, env_steps) from None
     envs.close()
-    final = save("final.pt", steps, with_buffer=False)
     after = online_evaluations()[-1]
     extra_scores: dict[str, Any] = {"after": after}
     if info.family in ("antmaze", "pointmaze"):
         extra_scores["regret"] = _regret(successes)
     run.set_scores(**extra_scores)
     write_report(run.path, algo, info, run.scores)
+    # final.pt last: a run with final.pt is finished, and reports count it with its "after" score.
+    final = save("final.pt", steps, with_buffer=False)
     run.close()
     return RunResult(run.path, final, run.scores["evaluations"], run.scores)
 
