@@ -80,8 +80,9 @@ def evaluations_table(title: str, evaluations: list[dict[str, Any]], rule: str) 
 def before_after_table(title: str, dataset: str, algo: str, scores: dict[str, Any]) -> Table:
     before, after = scores["before"], scores["after"]
     table = Table(title=title, caption=f"score rule: {scores.get('rule', '')}")
-    for column in ("dataset", "algorithm", "before", "after", "online steps", "regret"):
-        table.add_column(column)
+    table.add_column("dataset", overflow="fold")
+    for column in ("algo", "before", "after", "steps", "regret"):
+        table.add_column(column, no_wrap=True)
     regret = scores.get("regret")
     table.add_row(
         dataset, algo, f"{before['score']:.1f} ± {before['std']:.1f}",

@@ -25,7 +25,7 @@ def report(runs, fmt) -> None:
     header, rows = reports.table_rows(result)
     table = Table(title="offline → online", caption=f"score rule: {'; '.join(result.rules)}; mean ± std over seeds")
     for column in header:
-        table.add_column(column)
+        table.add_column(column, overflow="fold")
     for row in rows[:-1]:
         table.add_row(*row)
     table.add_row(*rows[-1], style="bold")
