@@ -113,6 +113,39 @@ def test_user_mistakes_exit_2_with_one_line(args, message, pointmaze_dataset):
     assert "Traceback" not in result.output
 
 
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--steps", "0"], "Invalid value for '--steps': 0 is not in the range x>=1"),
+        (["--eval-episodes", "0"], "Invalid value for '--eval-episodes'"),
+        (["--set", "batch_size=-5"], "batch_size must be at least 1, got -5"),
+        (["--set", "hidden_dims=0"], "hidden_dims must be at least 1"),
+    ],
+)
+def test_out_of_range_values_exit_2(args, message, pointmaze_dataset):
+    result = CliRunner().invoke(cli, ["pretrain", "iql", pointmaze_dataset, *args])
+    assert result.exit_code == 2 and message in " ".join(result.output.split()), result.output
+
+
+def test_pretrain_resume_needs_only_the_run_directory(pointmaze_dataset, tmp_path, ctrl_c_at):
+    with pytest.raises(trainer.Interrupted):
+        trainer.pretrain("iql", pointmaze_dataset, steps=30, eval_episodes=2, out=tmp_path / "cut", device="cpu",
+                         overrides={"hidden_dims": (32, 32), "batch_size": 32}, progress=ctrl_c_at(10))
+    wrong_algo = CliRunner().invoke(cli, ["pretrain", "spot", "--resume", str(tmp_path / "cut")])
+    assert wrong_algo.exit_code == 2 and "holds a run of iql, not spot" in " ".join(wrong_algo.output.split())
+    ignored = CliRunner().invoke(cli, ["pretrain", "--resume", str(tmp_path / "cut"), "--steps", "50", "--set", "a=1"])
+    assert ignored.exit_code == 2 and "leave out --steps, --set" in " ".join(ignored.output.split())
+    resumed = run("pretrain", "--resume", tmp_path / "cut")
+    assert resumed.exit_code == 0, resumed.output
+    assert "IQL offline on pointmaze-umaze-v0" in resumed.output
+    assert json.loads((tmp_path / "cut" / "scores.json").read_text())["evaluations"][-1]["step"] == 30
+
+
+def test_finetune_resume_refuses_options_it_would_ignore(tmp_path):
+    result = CliRunner().invoke(cli, ["finetune", "--resume", str(tmp_path), "--steps", "5000", "--eval-episodes", "7"])
+    assert result.exit_code == 2 and "leave out --steps, --eval-episodes" in " ".join(result.output.split())
+
+
 def test_corrupt_checkpoint_exits_2(tmp_path, pretrained):
     broken = tmp_path / "broken.pt"
     broken.write_bytes((pretrained / "checkpoints" / "final.pt").read_bytes()[:1000])

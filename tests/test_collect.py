@@ -111,6 +111,12 @@ def test_random_collection_and_bad_inputs(monkeypatch, tmp_path):
         collect.collect_policy("Pendulum-v1", steps=5, policy_path=tmp_path / "missing.zip")
     with pytest.raises(OfftuneError, match="cannot make environment"):
         collect.collect_policy("NoSuchEnv-v0", steps=5)
+    pendulum_policy = tmp_path / "pendulum_sac.zip"
+    stable_baselines3.SAC("MlpPolicy", "Pendulum-v1", seed=0, device="cpu").save(pendulum_policy)
+    mismatch = r"takes observations \(3,\).*MountainCarContinuous-v0 has observations \(2,\)"
+    with pytest.raises(OfftuneError, match=mismatch):
+        collect.collect_policy("MountainCarContinuous-v0", steps=5, policy_path=pendulum_policy)
+    assert sorted(minari.list_local_datasets()) == ["offtune/pendulum/random-v0"]
     with pytest.raises(OfftuneError, match="Discrete action space"):
         collect.collect_policy("CartPole-v1", steps=5)
 

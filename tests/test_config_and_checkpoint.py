@@ -1,3 +1,4 @@
+import datetime
 from dataclasses import dataclass
 
 import pytest
@@ -6,6 +7,9 @@ import torch
 from offtune.errors import OfftuneError
 from offtune.policies.checkpoint import load_checkpoint, save_checkpoint
 from offtune.policies.config import apply_overrides, config_from_dict, config_to_dict, parse_assignments
+from offtune.policies.iql import IQLConfig
+from offtune.policies.misa import MISAConfig
+from offtune.policies.spot import SPOTConfig
 
 
 @dataclass
@@ -39,6 +43,22 @@ def minimal_payload() -> dict:
             "agent": {"w": torch.ones(3)}}
 
 
+@pytest.mark.parametrize(
+    ("config_cls", "setting", "message"),
+    [
+        (IQLConfig, {"batch_size": "-5"}, "batch_size must be at least 1, got -5"),
+        (IQLConfig, {"hidden_dims": "256,0"}, r"hidden_dims must be at least 1, got \(256, 0\)"),
+        (IQLConfig, {"expectile": "2"}, "expectile must be between 0.0 and 1.0, got 2.0"),
+        (SPOTConfig, {"policy_freq": "0"}, "policy_freq must be at least 1"),
+        (SPOTConfig, {"online_discount": "1.5"}, "online_discount must be between"),
+        (MISAConfig, {"n_actions": "0"}, "n_actions must be at least 1"),
+    ],
+)
+def test_out_of_range_settings_are_refused_by_name(config_cls, setting, message):
+    with pytest.raises(OfftuneError, match=message):
+        apply_overrides(config_cls(), setting)
+
+
 def test_checkpoint_round_trip_with_weights_only(tmp_path):
     path = save_checkpoint(tmp_path / "a" / "final.pt", minimal_payload())
     assert torch.load(path, weights_only=True)["format"] == "offtune-checkpoint"
@@ -60,5 +80,10 @@ def test_wrong_files_get_clear_errors(tmp_path):
         load_checkpoint(foreign)
     text = tmp_path / "text.pt"
     text.write_text("hello")
-    with pytest.raises(OfftuneError, match="not a readable checkpoint"):
+    with pytest.raises(OfftuneError, match="not a file written by torch.save"):
         load_checkpoint(text)
+    pickled = tmp_path / "pickled.pt"
+    torch.save({"format": "offtune-checkpoint", "when": datetime.date(2026, 1, 1)}, pickled)
+    with pytest.raises(OfftuneError, match=r"^\S+ is not an offtune checkpoint: it holds Python objects[^\n]*$"):
+        load_checkpoint(pickled)
+

@@ -6,10 +6,13 @@ from pathlib import Path
 
 import gymnasium as gym
 import numpy as np
+import torch
 
 from offtune.buffers.collect import place_agent
 from offtune.buffers.datasets import ANTMAZE_UMAZE_MAP, flatten_observation, load, maze_cell
+from offtune.buffers.transforms import Normalizer
 from offtune.finetune.envs import make_env, make_vector_env
+from offtune.finetune.evaluate import evaluate
 
 
 def test_antmaze_d4rl_env_matches_the_data(antmaze_umaze_dataset):
@@ -109,3 +112,22 @@ def test_vector_env_resets_in_the_same_step(hopper_dataset):
     final = infos["final_obs"][index]
     assert final.shape == (11,) and not np.allclose(final, observations[index])
     assert np.abs(observations[index][0] - 1.25) < 0.1  # a fresh hopper standing at its reset height
+
+
+class StillPolicy:
+    """Always the zero action: enough to run evaluation episodes in a real env."""
+
+    def __init__(self, action_dim: int) -> None:
+        self.action_dim = action_dim
+
+    def act(self, observations: torch.Tensor, deterministic: bool = True) -> torch.Tensor:
+        return torch.zeros(len(observations), self.action_dim)
+
+
+def test_success_rate_only_where_the_env_reports_success(hopper_dataset, pointmaze_dataset):
+    hopper = load(hopper_dataset).info
+    fallen = evaluate(StillPolicy(hopper.action_dim), hopper, Normalizer.identity(hopper.obs_dim), episodes=2)
+    assert fallen.summary()["success_rate"] is None and fallen.episodes == 2
+    maze = load(pointmaze_dataset).info
+    standing = evaluate(StillPolicy(maze.action_dim), maze, Normalizer.identity(maze.obs_dim), episodes=2)
+    assert standing.summary()["success_rate"] == 0.0

@@ -384,6 +384,13 @@ def _check_free(dataset_id: str, force: bool) -> None:
         raise OfftuneError(f"dataset {dataset_id} already exists locally; pass --force to overwrite it")
 
 
+def _shapes(space: gym.Space) -> Any:
+    """A space's shape, or its parts' shapes for a Dict space: what an SB3 policy must agree on with the env."""
+    if isinstance(space, gym.spaces.Dict):
+        return {key: part.shape for key, part in space.spaces.items()}
+    return space.shape
+
+
 def load_sb3_policy(path: str | Path, env: gym.Env, rng: np.random.Generator, noise: float) -> Policy:
     """A deterministic SB3 policy (SAC, TD3 or PPO zip) plus Gaussian noise scaled to the action range."""
     import json
@@ -403,6 +410,13 @@ def load_sb3_policy(path: str | Path, env: gym.Env, rng: np.random.Generator, no
     if algorithm is None:
         raise OfftuneError(f"{path}: policy class from {module} is not SAC, TD3 or PPO")
     model = algorithm.load(path, device="cpu")
+    expected = (_shapes(model.observation_space), model.action_space.shape)
+    found = (_shapes(env.observation_space), env.action_space.shape)
+    if expected != found:
+        raise OfftuneError(
+            f"{path} takes observations {expected[0]} and gives actions {expected[1]}, but {env.spec.id} has "
+            f"observations {found[0]} and actions {found[1]}: pass the env the policy was trained on"
+        )
     low, high = env.action_space.low, env.action_space.high
     scale = noise * (high - low) / 2.0
 

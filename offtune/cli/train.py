@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import click
+from click.core import ParameterSource
 
 from offtune.cli.display import RichProgress, before_after_table, console, err_console, evaluations_table
 from offtune.finetune import trainer
@@ -19,11 +20,25 @@ DEVICE = click.option("--device", default="auto", show_default=True, help="auto,
 PRECISION = click.option(
     "--matmul-precision", type=click.Choice(trainer.MATMUL_PRECISIONS, case_sensitive=False), default=None,
     help="float32 matmuls: highest = full fp32 (torch's default); high = TF32 on CUDA; medium = bfloat16 on "
-         "CUDA and on CPUs with AMX/AVX512-BF16 (faster, less precise). --resume keeps the run's.",
+         "CUDA and on CPUs with AMX/AVX512-BF16 (faster, less precise). --resume keeps the run's unless given.",
 )
 SEED = click.option("--seed", default=0, show_default=True, type=int)
 SETS = click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override any config field.")
 LOGGER = click.option("--logger", type=click.Choice(LOGGERS), default=None, help="Also send metrics there.")
+
+
+POSITIVE = click.IntRange(min=1)
+
+
+def _refuse_with_resume(ctx: click.Context, names: tuple[str, ...]) -> None:
+    """A resumed run keeps its own settings; an option it would ignore is a mistake to say, not to swallow."""
+    given = [name for name in names if ctx.get_parameter_source(name) in (ParameterSource.COMMANDLINE,
+                                                                           ParameterSource.ENVIRONMENT)]
+    if given:
+        params = {param.name: param for param in ctx.command.params}
+        options = ", ".join(params[name].opts[0] if isinstance(params[name], click.Option)
+                            else params[name].human_readable_name for name in given)
+        raise click.UsageError(f"--resume continues the run with its own settings; leave out {options}")
 
 
 def _interrupted(error: trainer.Interrupted) -> None:
@@ -32,15 +47,15 @@ def _interrupted(error: trainer.Interrupted) -> None:
 
 
 @click.command()
-@click.argument("algo")
+@click.argument("algo", required=False)
 @click.argument("dataset", required=False)
-@click.option("--steps", default=1_000_000, show_default=True, type=int, help="Actor-critic updates.")
+@click.option("--steps", default=1_000_000, show_default=True, type=POSITIVE, help="Actor-critic updates.")
 @SEED
 @DEVICE
 @PRECISION
-@click.option("--batch-size", type=int, default=None, help="Default: the algorithm's (256).")
-@click.option("--eval-every", type=int, default=None, help="Updates between evaluations (default 50k).")
-@click.option("--eval-episodes", type=int, default=None, help="Default: 100 on AntMaze, 10 elsewhere.")
+@click.option("--batch-size", type=POSITIVE, default=None, help="Default: the algorithm's (256).")
+@click.option("--eval-every", type=POSITIVE, default=None, help="Updates between evaluations (default 50k).")
+@click.option("--eval-episodes", type=POSITIVE, default=None, help="Default: 100 on AntMaze, 10 elsewhere.")
 @click.option("--task-mode", type=click.Choice(["d4rl", "goal"]), default=None,
               help="Maze task (default: d4rl on AntMaze, goal on PointMaze).")
 @click.option("--out", type=click.Path(file_okay=False), default=None, help="The run directory itself.")
@@ -49,11 +64,18 @@ def _interrupted(error: trainer.Interrupted) -> None:
 @LOGGER
 @click.option("--resume", type=click.Path(file_okay=False), default=None, help="Continue an interrupted run.")
 @click.option("--download", is_flag=True, help="Download the dataset if it is not local.")
-def pretrain(algo, dataset, steps, seed, device, matmul_precision, batch_size, eval_every, eval_episodes, task_mode,
-             out, sets, config_file, logger, resume, download) -> None:
-    """Pretrain ALGO (iql, spot, misa) offline on DATASET (a D4RL name or a Minari id)."""
-    if dataset is None and resume is None:
-        raise click.UsageError("DATASET is required unless --resume is given")
+@click.pass_context
+def pretrain(ctx, algo, dataset, steps, seed, device, matmul_precision, batch_size, eval_every, eval_episodes,
+             task_mode, out, sets, config_file, logger, resume, download) -> None:
+    """Pretrain ALGO (iql, spot, misa) offline on DATASET (a D4RL name or a Minari id).
+
+    `offtune pretrain --resume DIR` continues an interrupted run with its own settings.
+    """
+    if resume is None and (algo is None or dataset is None):
+        raise click.UsageError("ALGO and DATASET are required unless --resume is given")
+    if resume is not None:
+        _refuse_with_resume(ctx, ("steps", "seed", "batch_size", "eval_every", "eval_episodes", "task_mode", "out",
+                                  "sets", "config_file"))
     try:
         with RichProgress() as progress:
             result = trainer.pretrain(
@@ -65,22 +87,24 @@ def pretrain(algo, dataset, steps, seed, device, matmul_precision, batch_size, e
             )
     except trainer.Interrupted as error:
         _interrupted(error)
-    console.print(evaluations_table(f"{algo.upper()} offline on {dataset or resume}", result.evaluations,
-                                    result.scores.get("rule", "")))
+    config = json.loads((result.run_dir / "config.json").read_text())
+    console.print(evaluations_table(f"{config['run']['algo'].upper()} offline on {config['dataset']['name']}",
+                                    result.evaluations, result.scores.get("rule", "")))
     console.print(f"checkpoint: [bold]{result.checkpoint}[/]")
 
 
 @click.command()
 @click.argument("checkpoint", type=click.Path(), required=False)
-@click.option("--steps", default=1_000_000, show_default=True, type=int, help="Online env steps.")
-@click.option("--utd", default=1, show_default=True, type=int, help="Updates per env step.")
-@click.option("--num-envs", default=1, show_default=True, type=int, help="Envs stepped together.")
+@click.option("--steps", default=1_000_000, show_default=True, type=POSITIVE, help="Online env steps.")
+@click.option("--utd", default=1, show_default=True, type=POSITIVE, help="Updates per env step.")
+@click.option("--num-envs", default=1, show_default=True, type=POSITIVE, help="Envs stepped together.")
 @click.option("--mix", type=click.Choice(["append", "ratio"]), default="append", show_default=True,
               help="append: one pool sampled uniformly (official); ratio: a fixed online share per batch.")
 @click.option("--online-ratio", type=float, default=None, help="Online share of each batch (implies --mix ratio).")
-@click.option("--buffer-size", type=int, default=None, help="Online capacity (default: --steps, never overwrite).")
-@click.option("--eval-every", type=int, default=None, help="Env steps between evaluations (default 50k).")
-@click.option("--eval-episodes", type=int, default=None, help="Default: 100 on AntMaze, 10 elsewhere.")
+@click.option("--buffer-size", type=POSITIVE, default=None,
+              help="Online capacity (default: --steps, never overwrite).")
+@click.option("--eval-every", type=POSITIVE, default=None, help="Env steps between evaluations (default 50k).")
+@click.option("--eval-episodes", type=POSITIVE, default=None, help="Default: 100 on AntMaze, 10 elsewhere.")
 @SEED
 @DEVICE
 @PRECISION
@@ -89,11 +113,18 @@ def pretrain(algo, dataset, steps, seed, device, matmul_precision, batch_size, e
 @LOGGER
 @click.option("--resume", type=click.Path(file_okay=False), default=None, help="Continue an interrupted run.")
 @click.option("--download", is_flag=True, help="Download the dataset if it is not local.")
-def finetune(checkpoint, steps, utd, num_envs, mix, online_ratio, buffer_size, eval_every, eval_episodes, seed,
+@click.pass_context
+def finetune(ctx, checkpoint, steps, utd, num_envs, mix, online_ratio, buffer_size, eval_every, eval_episodes, seed,
              device, matmul_precision, out, sets, logger, resume, download) -> None:
-    """Fine-tune CHECKPOINT online in the live environment of its dataset."""
+    """Fine-tune CHECKPOINT online in the live environment of its dataset.
+
+    `offtune finetune --resume DIR` continues an interrupted run with its own settings.
+    """
     if checkpoint is None and resume is None:
         raise click.UsageError("CHECKPOINT is required unless --resume is given")
+    if resume is not None:
+        _refuse_with_resume(ctx, ("checkpoint", "steps", "utd", "num_envs", "mix", "online_ratio", "buffer_size",
+                                  "eval_every", "eval_episodes", "seed", "out", "sets"))
     if mix == "ratio" and online_ratio is None:
         online_ratio = 0.5
     if online_ratio is not None and not 0.0 <= online_ratio <= 1.0:
@@ -116,7 +147,7 @@ def finetune(checkpoint, steps, utd, num_envs, mix, online_ratio, buffer_size, e
 
 @click.command()
 @click.argument("checkpoint", type=click.Path())
-@click.option("--episodes", default=None, type=int, help="Default: 100 on AntMaze, 10 elsewhere.")
+@click.option("--episodes", default=None, type=POSITIVE, help="Default: 100 on AntMaze, 10 elsewhere.")
 @SEED
 @DEVICE
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for machines.")

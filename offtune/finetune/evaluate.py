@@ -21,6 +21,7 @@ class Evaluation:
     returns: list[float]
     scores: list[float]
     successes: list[bool] = field(default_factory=list)
+    """Only for envs that report ``info["success"]`` (the mazes); a return says nothing of success elsewhere."""
     lengths: list[int] = field(default_factory=list)
 
     @property
@@ -68,10 +69,6 @@ def check_observation_size(envs: gym.vector.VectorEnv, info: DatasetInfo) -> Non
         )
 
 
-def episode_success(final_info: dict, episode_return: float) -> bool:
-    if "success" in final_info:
-        return bool(final_info["success"])
-    return episode_return > 0
 
 
 @torch.no_grad()
@@ -109,7 +106,8 @@ def evaluate(
                     final_info = {k: v[i] for k, v in infos.get("final_info", {}).items() if not k.startswith("_")}
                     result.returns.append(float(running_return[i]))
                     result.scores.append(float(info.score_rule.score(running_return[i])))
-                    result.successes.append(episode_success(final_info, running_return[i]))
+                    if "success" in final_info:
+                        result.successes.append(bool(final_info["success"]))
                     result.lengths.append(int(running_length[i]))
                     done_counts[i] += 1
                 running_return[i] = 0.0

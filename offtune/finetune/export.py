@@ -7,7 +7,7 @@ store theirs.
 
 rl-zoo3 finds a model as ``DIR/<algo>/<env>_<exp id>/<env>.zip`` with its settings in
 ``<env>_<exp id>/<env>/config.yml`` (``env_kwargs`` there are passed to ``gym.make``) and ``args.yml``;
-so ``python -m rl_zoo3.enjoy --algo td3 --env <env> -f DIR --gym-packages gymnasium_robotics`` plays it.
+so ``python -m rl_zoo3.enjoy --algo td3 --env <env> -f DIR --exp-id N --gym-packages gymnasium_robotics`` plays it.
 """
 
 from __future__ import annotations

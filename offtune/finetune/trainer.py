@@ -286,8 +286,8 @@ def _log_interval(steps: int) -> int:
 
 
 def pretrain(
-    algo: str,
-    dataset: str,
+    algo: str | None = None,
+    dataset: str | None = None,
     *,
     steps: int = 1_000_000,
     seed: int = 0,
@@ -314,12 +314,19 @@ def pretrain(
         if resumed["phase"] != "offline":
             raise OfftuneError(f"{resume} holds a fine-tuning run; resume it with `offtune finetune --resume`")
         run_settings = resumed["run"]
+        for given, kept, what in ((algo, resumed["algo"], "algorithm"), (dataset, run_settings["dataset"], "dataset")):
+            if given is not None and given != kept:
+                raise OfftuneError(f"{resume} holds a run of {kept}, not {given}: leave the {what} out to resume it")
         algo, dataset, seed = resumed["algo"], run_settings["dataset"], run_settings["seed"]
         label = run_settings.get("label")
         steps, eval_every = run_settings["steps"], run_settings["eval_every"]
         eval_episodes = run_settings["eval_episodes"]
         batch_size, task_mode, out = None, resumed["dataset"]["task_mode"], resume
         matmul_precision = matmul_precision or run_settings.get("matmul_precision")
+    if algo is None or dataset is None:
+        raise OfftuneError("give an algorithm and a dataset to pretrain, or --resume DIR")
+    if steps < 1:
+        raise OfftuneError("--steps must be positive")
     config_cls, agent_cls = algorithm(algo)
     torch_device = resolve_device(device)
     matmul_precision = set_matmul_precision(matmul_precision)
@@ -535,7 +542,6 @@ def finetune(
     envs = make_vector_env(info, num_envs)
     check_observation_size(envs, info)
     observations, _ = envs.reset(seed=[seed + i for i in range(num_envs)])
-    episode_return = np.zeros(num_envs)
     updates_per_step = utd * num_envs
     log_every = _log_interval(steps)
     averager = MetricAverager()
@@ -557,12 +563,9 @@ def finetune(
                     real_next[i] = infos["final_obs"][i]
                 buffer.add(obs, actions, prepared.rewards(rewards.astype(np.float32)),
                            prepared.normalizer(real_next), terminated.astype(np.float32))
-                episode_return += rewards
-                for i in np.flatnonzero(finished):
-                    final_info = infos.get("final_info", {})
-                    success = final_info.get("success")
-                    successes.append(bool(success[i]) if success is not None else bool(episode_return[i] > 0))
-                    episode_return[i] = 0.0
+                success = infos.get("final_info", {}).get("success")
+                if success is not None:
+                    successes += [bool(success[i]) for i in np.flatnonzero(finished)]
                 observations = next_observations
                 for _ in range(updates_per_step):
                     averager.add(agent.update(buffer.sample(config.batch_size)))

@@ -8,7 +8,9 @@ and renamed, so a crash never leaves a half-written checkpoint under the real na
 from __future__ import annotations
 
 import os
+import pickle
 import tempfile
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -55,13 +57,17 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         path = candidate
     if not path.exists():
         raise OfftuneError(f"checkpoint {path} does not exist")
+    if not zipfile.is_zipfile(path):
+        raise OfftuneError(f"{path} is not an offtune checkpoint: not a file written by torch.save, or truncated")
     try:
         data = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as error:  # any failure to unpickle means the file is not a usable checkpoint
-        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+    except pickle.UnpicklingError:
         raise OfftuneError(
-            f"{path} is not a readable checkpoint (truncated, corrupt or not a torch file): {reason}"
+            f"{path} is not an offtune checkpoint: it holds Python objects, not only tensors and plain values"
         ) from None
+    except Exception as error:  # any other failure to read it means the file is damaged
+        reason = (str(error).splitlines() or [type(error).__name__])[0][:160]
+        raise OfftuneError(f"{path} is a damaged checkpoint (truncated or corrupt): {reason}") from None
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise OfftuneError(f"{path} is a torch file but not an offtune checkpoint (no '{FORMAT}' tag)")
     if data.get("version", 0) > VERSION:

@@ -62,6 +62,23 @@ def _coerce(key: str, value: Any, annotation: Any) -> Any:
     return value
 
 
+def at_least(config: Any, minimum: float, *names: str) -> None:
+    """Settings (or every item of a tuple setting) below ``minimum`` fail here with their name, not deep in torch."""
+    for name in names:
+        value = getattr(config, name)
+        items = value if isinstance(value, (tuple, list)) else (value,)
+        if any(item is not None and item < minimum for item in items):
+            raise OfftuneError(f"{name} must be at least {minimum}, got {value}")
+
+
+def within(config: Any, low: float, high: float, *names: str) -> None:
+    """Settings that are fractions or probabilities: outside [low, high] they fail here with their name."""
+    for name in names:
+        value = getattr(config, name)
+        if value is not None and not low <= value <= high:
+            raise OfftuneError(f"{name} must be between {low} and {high}, got {value}")
+
+
 def apply_overrides(config: Any, overrides: dict[str, Any]) -> Any:
     """Return a copy of the dataclass ``config`` with ``overrides`` applied and type-checked."""
     types_by_name = _field_types(type(config))

@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from offtune.buffers.replay import Batch
+from offtune.policies.config import at_least, within
 from offtune.policies.networks import (
     Critic,
     adam,
@@ -65,6 +66,12 @@ class IQLConfig:
     log_std_max: float = 2.0
     exploration_temperature: float = 1.0
     """Online actions are sampled from N(tanh μ, (temperature · σ)²), clipped to [-1, 1]."""
+
+    def __post_init__(self) -> None:
+        at_least(self, 1, "batch_size", "hidden_dims")
+        at_least(self, 0.0, "actor_lr", "value_lr", "critic_lr", "beta", "max_advantage_weight",
+                 "exploration_temperature")
+        within(self, 0.0, 1.0, "discount", "expectile", "target_update_rate", "actor_dropout", "dataset_action_clip")
 
 
 def expectile_loss(diff: torch.Tensor, expectile: float) -> torch.Tensor:

@@ -35,6 +35,7 @@ import torch
 from torch import nn
 
 from offtune.buffers.replay import Batch
+from offtune.policies.config import at_least, within
 from offtune.policies.networks import (
     Critic,
     adam,
@@ -93,6 +94,13 @@ class SPOTConfig:
     """L, the latent samples per state-action in neg_log_beta."""
     iwae: bool = False
     """Use the importance-weighted estimate of -log π_β instead of the mean-reduced ELBO."""
+
+    def __post_init__(self) -> None:
+        at_least(self, 1, "batch_size", "hidden_dims", "policy_freq", "vae_hidden_dim", "vae_latent_dim", "num_samples")
+        at_least(self, 0, "vae_steps", "actor_lr", "critic_lr", "vae_lr", "policy_noise", "noise_clip", "lam",
+                 "exploration_noise", "exploration_noise_clip", "vae_kl_weight")
+        within(self, 0.0, 1.0, "discount", "online_discount", "target_update_rate", "actor_dropout", "lam_end",
+               "dataset_action_clip")
 
 
 class ConditionalVAE(nn.Module):
