@@ -104,6 +104,16 @@ def test_finetune_reloads_the_dataset_version_the_pretraining_used(tmp_path, mon
     assert reports.aggregate([tmp_path / "ft"]).datasets == [f"pointmaze-umaze-v0 ({other_version})"]
 
 
+def test_algorithm_names_ignore_case_and_fine_tuning_names_its_folder_like_pretraining(pointmaze_dataset, tmp_path,
+                                                                                       monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    offline = trainer.pretrain("IQL", pointmaze_dataset, steps=10, eval_episodes=1, device="cpu", overrides=TINY["iql"])
+    online = trainer.finetune(offline.checkpoint, steps=10, eval_episodes=1, device="cpu")
+    assert json.loads((offline.run_dir / "config.json").read_text())["run"]["algo"] == "iql"
+    slug = pointmaze_dataset.replace("/", "_")
+    assert offline.run_dir.name.startswith(f"iql-{slug}-s0-") and online.run_dir.name.startswith(f"iql-{slug}-s0-ft-")
+
+
 def test_finetune_reloads_the_exact_minari_id_even_when_its_name_now_finds_another_version(tmp_path, monkeypatch):
     monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path / "datasets"))
     only_local = collect.collect_pointmaze("umaze", steps=1_000, seed=1, dataset_id="offtune/pointmaze/umaze-v1").id

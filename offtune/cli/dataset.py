@@ -46,7 +46,8 @@ def list_datasets(only_local: bool) -> None:
     available = datasets.local_ids()
     table = Table(title=f"datasets (local folder: {datasets.datasets_root()})", box=box.SIMPLE_HEAD)
     for column in ("name", "minari id", "task", "score", "local"):
-        table.add_column(column, no_wrap=column != "local")
+        # Names, task and size stay whole on an 80-column terminal; the id and the score rule fold.
+        table.add_column(column, no_wrap=column in ("name", "task", "local"), overflow="fold")
     listed: set[str] = set()
     for entry in datasets.REGISTRY.values():
         found = datasets.local_version(entry.minari_id, available) if entry.minari_id else None

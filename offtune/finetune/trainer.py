@@ -328,6 +328,7 @@ def pretrain(
     if steps < 1:
         raise OfftuneError("--steps must be positive")
     config_cls, agent_cls = algorithm(algo)
+    algo = algo.lower()
     torch_device = resolve_device(device)
     matmul_precision = set_matmul_precision(matmul_precision)
     data = datasets.load(dataset, task_mode=task_mode, download=download)
@@ -487,7 +488,7 @@ def finetune(
     eval_every = eval_every or min(50_000, steps)
     eval_episodes = eval_episodes or default_eval_episodes(info)
     buffer_size = buffer_size or steps
-    run_path = Path(out) if resumed is not None else new_run_dir(out, default_run_dir(algo, info.name, seed, "-ft"))
+    run_path = Path(out) if resumed is not None else new_run_dir(out, default_run_dir(algo, dataset, seed, "-ft"))
     run = RunDirectory(run_path, logger)
     settings = {"phase": "online", "algo": algo, "dataset": dataset, "checkpoint": origin,
                 "seed": seed, "steps": steps, "utd": utd, "num_envs": num_envs, "online_ratio": online_ratio,

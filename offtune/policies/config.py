@@ -86,7 +86,8 @@ def apply_overrides(config: Any, overrides: dict[str, Any]) -> Any:
     for key, value in overrides.items():
         if key not in types_by_name:
             raise OfftuneError(
-                f"unknown setting '{key}' for {type(config).__name__}.{suggest(key, types_by_name)}"
+                f"unknown setting '{key}' for {type(config).__name__.removesuffix('Config').lower()}."
+                f"{suggest(key, types_by_name)}"
             )
         changes[key] = _coerce(key, value, types_by_name[key])
     return dataclasses.replace(config, **changes)
