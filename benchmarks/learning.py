@@ -92,7 +92,8 @@ def main() -> None:
                     f"before {online.scores['before']['score']:.1f} -> after {online.scores['after']['score']:.1f}"
                     f" ({time.perf_counter() - started:.0f} s; overrides {overrides or 'none'})"
                 )
-    console.print(report.render(report.aggregate([out / ("online" if args.finetune_steps else "offline")]), "markdown"))
+    # Plain print: a rich console would wrap the markdown rows at the terminal width (80 columns when piped).
+    print(report.render(report.aggregate([out / ("online" if args.finetune_steps else "offline")]), "markdown"), end="")
 
 
 if __name__ == "__main__":

@@ -3,10 +3,18 @@
 from __future__ import annotations
 
 import click
+from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from offtune.cli.display import console, err_console
 from offtune.finetune import report as reports
+
+
+def _print_left_out(result: reports.Report, out: Console) -> None:
+    """One line per run, never wrapped, so that its path can be copied whole."""
+    for reason in result.left_out:
+        out.print(f"left out: {escape(reason)}", highlight=False, soft_wrap=True)
 
 
 @click.command()
@@ -19,25 +27,29 @@ def report(runs, fmt) -> None:
     if fmt != "table":
         click.echo(reports.render(result, fmt), nl=False)
         if fmt == "csv":
-            for reason in result.left_out:
-                err_console.print(f"left out: {reason}", highlight=False)
+            _print_left_out(result, err_console)
         return
     header, rows = reports.table_rows(result)
-    table = Table(title="offline → online", caption=f"score rule: {'; '.join(result.rules)}; mean ± std over seeds")
+    # Labels of grid points look like rich markup (iql[beta=10]): every text from the runs is escaped.
+    caption = f"score rule: {'; '.join(result.rules)}; mean ± std over seeds"
+    if reports.total_note(result):
+        caption += f"\n{reports.total_note(result)}"
+    table = Table(title="offline → online", caption=escape(caption))
     for column in header:
-        table.add_column(column, overflow="fold")
+        table.add_column(escape(column), overflow="fold")
     for row in rows[:-1]:
-        table.add_row(*row)
-    table.add_row(*rows[-1], style="bold")
+        table.add_row(*map(escape, row))
+    table.add_row(*map(escape, rows[-1]), style="bold")
     console.print(table)
-    for reason in result.left_out:
-        console.print(f"left out: {reason}", highlight=False)
+    _print_left_out(result, console)
 
 
 @click.command()
 @click.argument("runs", nargs=-1, required=True, type=click.Path())
 @click.option("-o", "--output", default="curves.png", show_default=True, type=click.Path(dir_okay=False))
 def plot(runs, output) -> None:
-    """Draw score against step (offline, then online) for RUNS, with a band over seeds."""
-    path = reports.plot(list(runs), output)
-    console.print(f"wrote {path}")
+    """Draw score against step (offline, then online) for RUNS, with a band over seeds: the runs the report counts."""
+    result = reports.aggregate(list(runs))
+    path = reports.plot(result, output)
+    console.print(f"wrote {escape(str(path))}", soft_wrap=True)
+    _print_left_out(result, console)

@@ -42,8 +42,9 @@ def status_table(rows: list[sweeps.RunStatus]) -> Table:
     for row in rows:
         style = STATE_STYLES.get(row.state, "")
         state = f"[{style}]{row.state}[/]" if style else row.state
-        phase = row.phase if row.state == "running" else escape(row.message)
-        table.add_row(row.name, state, phase, row.score, row.node)
+        phase = row.phase if row.state == "running" else row.message
+        # Run names, messages and nodes come from the runs: escaped, so that brackets in them are not markup.
+        table.add_row(escape(row.name), state, escape(phase), escape(row.score), escape(row.node))
     return table
 
 
@@ -91,8 +92,8 @@ def sweep(ctx, config_file, algos, dataset_names, seeds, pretrain_steps, finetun
     todo, skipped = sweeps.pending_runs(plan, runs)
     use_ray = not sequential and sweeps.ray_installed()
     where = ("on Ray" + (f" at {address}" if address else " (local)")) if use_ray else "one at a time here"
-    err_console.print(f"{len(runs)} run{'s' * (len(runs) != 1)} in {plan.out}: {len(skipped)} finished earlier "
-                      f"(skipped), {len(todo)} to run {where}")
+    err_console.print(f"{len(runs)} run{'s' * (len(runs) != 1)} in {escape(str(plan.out))}: {len(skipped)} finished "
+                      f"earlier (skipped), {len(todo)} to run {where}")
     if not use_ray and not sequential:
         err_console.print(f"Ray is not installed; for runs in parallel: [bold]{escape(sweeps.RAY_HINT)}[/]")
     stopped = False
@@ -108,8 +109,8 @@ def sweep(ctx, config_file, algos, dataset_names, seeds, pretrain_steps, finetun
         err_console.print("[yellow]sweep stopped[/]; run the same command again to resume from the checkpoints")
         sys.exit(130)
     for outcome in result.failed:
-        err_console.print(f"[bold red]failed[/] {outcome.name}: {escape(outcome.message)} "
-                          f"(see {plan.out / outcome.name / 'error.txt'})", highlight=False)
+        err_console.print(f"[bold red]failed[/] {escape(outcome.name)}: {escape(outcome.message)} "
+                          f"(see {escape(str(plan.out / outcome.name / 'error.txt'))})", highlight=False)
     try:
         ctx.invoke(report_command, runs=(str(plan.out),), fmt="table")
     except OfftuneError as no_table:

@@ -1,9 +1,11 @@
 """Aggregate run directories into the papers' layout and draw learning curves.
 
 One row per dataset, one column per algorithm (or sweep label), each cell ``before → after`` as mean ± std
-over seeds (pretraining-only runs show their final offline score), and a total row of the means. Only finished
-runs count, and a cell never mixes offline-only with fine-tuned runs, so a report taken in the middle of a sweep
-is not skewed by seeds that are still running; what is left out is listed below the table.
+over seeds (pretraining-only runs show their final offline score), and a total row: each column's means summed
+over datasets, or "-" when the column lacks a dataset that another column has, since a sum over fewer datasets
+is not comparable. Only finished runs count, one per seed (the latest, when a seed was run again), and a cell
+never mixes offline-only with fine-tuned runs, so a report taken in the middle of a sweep is not skewed by seeds
+that are still running; what is left out is listed below the table. The plot draws the same runs.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import csv
 import io
 import json
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,9 +40,21 @@ class RunRecord:
 
 @dataclass
 class Cell:
-    before: list[float] = field(default_factory=list)
-    after: list[float] = field(default_factory=list)
-    regret: list[float] = field(default_factory=list)
+    """The runs counted for one (dataset, column): the table's numbers and the plot's curves come from them."""
+
+    runs: list[RunRecord]
+
+    @property
+    def before(self) -> list[float]:
+        return [r.before for r in self.runs if r.before is not None]
+
+    @property
+    def after(self) -> list[float]:
+        return [r.after for r in self.runs]
+
+    @property
+    def regret(self) -> list[float]:
+        return [r.regret for r in self.runs if r.regret is not None]
 
     def text(self) -> str:
         after = f"{np.mean(self.after):.1f} ± {np.std(self.after):.1f}"
@@ -115,8 +129,12 @@ class Report:
 
 
 def aggregate(paths: list[str | Path]) -> Report:
-    """Every finished run under ``paths``, by (dataset, column); in a cell with fine-tuned runs, runs that were
-    only pretrained are left out, so "before" and "after" are over the same seeds."""
+    """Every finished run under ``paths``, by (dataset, column); both the table and the plot select runs here.
+
+    In a cell with fine-tuned runs, runs that were only pretrained are left out, so "before" and "after" are over
+    the same seeds; then a seed run more than once (one checkpoint fine-tuned twice) counts once, as its latest
+    run, so that it does not pass for several seeds.
+    """
     groups: dict[tuple[str, str], list[RunRecord]] = defaultdict(list)
     left_out: list[str] = []
     for path in find_runs(paths):
@@ -126,33 +144,54 @@ def aggregate(paths: list[str | Path]) -> Report:
             continue
         groups[(record.dataset, record.column)].append(record)
     cells: dict[tuple[str, str], Cell] = {}
-    rules: set[str] = set()
     for key, records in groups.items():
         if any(r.before is not None for r in records):
             left_out += [f"{r.path} (only pretrained, beside fine-tuned seeds)" for r in records if r.before is None]
             records = [r for r in records if r.before is not None]
-        cell = cells[key] = Cell()
-        for record in records:
-            cell.after.append(record.after)
-            if record.before is not None:
-                cell.before.append(record.before)
-            if record.regret is not None:
-                cell.regret.append(record.regret)
-            rules.add(record.rule)
+        cells[key] = Cell(_one_per_seed(records, left_out))
     if not cells:
         raise OfftuneError(f"no finished runs yet under {', '.join(map(str, paths))} ({len(left_out)} unfinished)")
     datasets = sorted({d for d, _ in cells})
     columns = sorted({c for _, c in cells})
-    return Report(datasets, columns, cells, sorted(rules), left_out)
+    rules = sorted({r.rule for cell in cells.values() for r in cell.runs})
+    return Report(datasets, columns, cells, rules, left_out)
 
 
-def total_text(cells: dict[tuple[str, str], Cell], datasets: list[str], column: str) -> str:
-    present = [cells[(d, column)] for d in datasets if (d, column) in cells]
+def _one_per_seed(records: list[RunRecord], left_out: list[str]) -> list[RunRecord]:
+    """The most recently finished run of each seed (by its final.pt); the others go to ``left_out``."""
+    by_seed: dict[int, list[RunRecord]] = defaultdict(list)
+    for record in records:
+        by_seed[record.seed].append(record)
+    kept = []
+    for seed, runs in sorted(by_seed.items()):
+        latest = max(runs, key=lambda r: ((r.path / "checkpoints" / "final.pt").stat().st_mtime_ns, str(r.path)))
+        left_out += [f"{r.path} (seed {seed} again; counted: {latest.path})" for r in runs if r is not latest]
+        kept.append(latest)
+    return kept
+
+
+def _complete(report: Report, column: str) -> bool:
+    """Whether ``column`` has a cell in every dataset row, so that its total compares with the others."""
+    return all((d, column) in report.cells for d in report.datasets)
+
+
+def total_text(report: Report, column: str) -> str:
+    """The column's means summed over datasets, or "-" when it lacks a dataset another column has."""
+    if not _complete(report, column):
+        return "-"
+    present = [report.cells[(d, column)] for d in report.datasets]
     after = sum(float(np.mean(c.after)) for c in present)
-    if present and all(c.before for c in present):
+    if all(c.before for c in present):
         before = sum(float(np.mean(c.before)) for c in present)
         return f"{before:.1f} → {after:.1f}"
     return f"{after:.1f}"
+
+
+def total_note(report: Report) -> str:
+    """Why a total is "-", for the text under the table; empty when every column has every dataset."""
+    if all(_complete(report, c) for c in report.columns):
+        return ""
+    return "Total: each column's means summed; - where a column lacks a dataset that another column has."
 
 
 def table_rows(report: Report) -> tuple[list[str], list[list[str]]]:
@@ -160,7 +199,7 @@ def table_rows(report: Report) -> tuple[list[str], list[list[str]]]:
     cells = report.cells
     header = ["dataset", *report.columns]
     rows = [[d, *[cells[(d, c)].text() if (d, c) in cells else "-" for c in report.columns]] for d in report.datasets]
-    rows.append(["total", *[total_text(cells, report.datasets, c) for c in report.columns]])
+    rows.append(["total", *[total_text(report, c) for c in report.columns]])
     return header, rows
 
 
@@ -172,6 +211,8 @@ def render(report: Report, fmt: str) -> str:
         lines += ["| " + " | ".join(row) + " |" for row in rows]
         cells = "before → after fine-tuning" if any("→" in cell for row in rows for cell in row) else "final score"
         lines += ["", f"Score rule: {'; '.join(report.rules)}. Cells: {cells}, mean ± std over seeds."]
+        if total_note(report):
+            lines += ["", total_note(report)]
         if report.left_out:
             lines += ["", "Left out:", *[f"- {reason}" for reason in report.left_out]]
         return "\n".join(lines) + "\n"
@@ -198,42 +239,33 @@ def render(report: Report, fmt: str) -> str:
     raise OfftuneError(f"unknown format '{fmt}'")
 
 
-def curves(paths: list[str | Path]) -> dict[tuple[str, str], list[tuple[np.ndarray, np.ndarray]]]:
-    """Per (dataset, column): each seed's (x, score) where online steps follow the offline steps."""
-    result: dict[tuple[str, str], list[tuple[np.ndarray, np.ndarray]]] = defaultdict(list)
-    for path in find_runs(paths):
-        record = read_run(path)
-        if record is None:
-            continue
-        offline = [e for e in record.evaluations if e["phase"] == "offline"]
-        online = [e for e in record.evaluations if e["phase"] == "online"]
-        offset = max((e["step"] for e in offline), default=0)
-        xs = [e["step"] for e in offline] + [offset + e["step"] for e in online]
-        ys = [e["score"] for e in offline] + [e["score"] for e in online]
-        result[(record.dataset, record.column)].append((np.asarray(xs), np.asarray(ys)))
-    return dict(result)
+def curve(record: RunRecord) -> tuple[np.ndarray, np.ndarray]:
+    """A run's (x, score), where its online steps follow its offline steps."""
+    offline = [e for e in record.evaluations if e["phase"] == "offline"]
+    online = [e for e in record.evaluations if e["phase"] == "online"]
+    offset = max((e["step"] for e in offline), default=0)
+    xs = [e["step"] for e in offline] + [offset + e["step"] for e in online]
+    ys = [e["score"] for e in offline] + [e["score"] for e in online]
+    return np.asarray(xs), np.asarray(ys)
 
 
-def plot(paths: list[str | Path], output: str | Path) -> Path:
-    """Score against step, one line per (dataset, algorithm), with a band of ± std over seeds."""
+def plot(report: Report, output: str | Path) -> Path:
+    """Score against step, one line per (dataset, column), with a band of ± std over the runs the table counts."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    groups = curves(paths)
-    if not groups:
-        raise OfftuneError("no evaluations to plot yet")
-    datasets = sorted({d for d, _ in groups})
-    figure, axes = plt.subplots(1, len(datasets), figsize=(5 * len(datasets), 3.6), squeeze=False)
-    for axis, dataset in zip(axes[0], datasets, strict=True):
-        for (name, column), seeds in sorted(groups.items()):
+    figure, axes = plt.subplots(1, len(report.datasets), figsize=(5 * len(report.datasets), 3.6), squeeze=False)
+    for axis, dataset in zip(axes[0], report.datasets, strict=True):
+        for (name, column), cell in sorted(report.cells.items()):
             if name != dataset:
                 continue
+            seeds = [curve(r) for r in cell.runs]
             grid = np.unique(np.concatenate([x for x, _ in seeds]))
             values = np.stack([np.interp(grid, x, y) for x, y in seeds])
             mean, std = values.mean(0), values.std(0)
-            axis.plot(grid, mean, label=f"{column} ({len(seeds)} seeds)")
+            axis.plot(grid, mean, label=f"{column} ({len(seeds)} seed{'s' * (len(seeds) != 1)})")
             axis.fill_between(grid, mean - std, mean + std, alpha=0.2)
         axis.set_title(dataset)
         axis.set_xlabel("step (offline updates, then online env steps)")
