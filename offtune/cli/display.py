@@ -79,7 +79,8 @@ def evaluations_table(title: str, evaluations: list[dict[str, Any]], rule: str) 
 
 def before_after_table(title: str, dataset: str, algo: str, scores: dict[str, Any]) -> Table:
     before, after = scores["before"], scores["after"]
-    table = Table(title=title, caption=f"score rule: {scores.get('rule', '')}")
+    caption = f"score rule: {scores.get('rule', '')}; ± std over {after['episodes']} evaluation episodes"
+    table = Table(title=title, caption=caption)
     table.add_column("dataset", overflow="fold")
     for column in ("algo", "before", "after", "steps", "regret"):
         table.add_column(column, no_wrap=True)
