@@ -133,6 +133,9 @@ def test_pretrain_resume_needs_only_the_run_directory(pointmaze_dataset, tmp_pat
                          overrides={"hidden_dims": (32, 32), "batch_size": 32}, progress=ctrl_c_at(10))
     wrong_algo = CliRunner().invoke(cli, ["pretrain", "spot", "--resume", str(tmp_path / "cut")])
     assert wrong_algo.exit_code == 2 and "holds a run of iql, not spot" in " ".join(wrong_algo.output.split())
+    wrong_data = CliRunner().invoke(cli, ["pretrain", "iql", "hopper-medium-v2", "--resume", str(tmp_path / "cut")])
+    assert wrong_data.exit_code == 2
+    assert "not hopper-medium-v2: leave DATASET out" in " ".join(wrong_data.output.split())
     ignored = CliRunner().invoke(cli, ["pretrain", "--resume", str(tmp_path / "cut"), "--steps", "50", "--set", "a=1"])
     assert ignored.exit_code == 2 and "leave out --steps, --set" in " ".join(ignored.output.split())
     resumed = run("pretrain", "--resume", tmp_path / "cut")

@@ -1,4 +1,5 @@
 import datetime
+import zipfile
 from dataclasses import dataclass
 
 import pytest
@@ -52,6 +53,9 @@ def minimal_payload() -> dict:
         (SPOTConfig, {"policy_freq": "0"}, "policy_freq must be at least 1"),
         (SPOTConfig, {"online_discount": "1.5"}, "online_discount must be between"),
         (MISAConfig, {"n_actions": "0"}, "n_actions must be at least 1"),
+        (MISAConfig, {"temperature": "0"}, "temperature must be positive, got 0.0"),
+        (MISAConfig, {"dataset_action_clip": "0"}, "dataset_action_clip must be positive"),
+        (IQLConfig, {"actor_lr": "nan"}, "actor_lr must be at least 0.0, got nan"),
     ],
 )
 def test_out_of_range_settings_are_refused_by_name(config_cls, setting, message):
@@ -82,6 +86,11 @@ def test_wrong_files_get_clear_errors(tmp_path):
     text.write_text("hello")
     with pytest.raises(OfftuneError, match="not a file written by torch.save"):
         load_checkpoint(text)
+    other_zip = tmp_path / "policy.zip"
+    with zipfile.ZipFile(other_zip, "w") as archive:
+        archive.writestr("data", "{}")
+    with pytest.raises(OfftuneError, match="a zip archive, but not one torch.save wrote"):
+        load_checkpoint(other_zip)
     pickled = tmp_path / "pickled.pt"
     torch.save({"format": "offtune-checkpoint", "when": datetime.date(2026, 1, 1)}, pickled)
     with pytest.raises(OfftuneError, match=r"^\S+ is not an offtune checkpoint: it holds Python objects[^\n]*$"):

@@ -65,7 +65,8 @@ def test_a_seed_fine_tuned_twice_counts_once_as_its_latest_run(runs):
     data = json.loads(run("report", runs, "--format", "json").output)
     seeds = {(c["dataset"], c["column"]): c["seeds"] for c in data["cells"]}
     assert seeds == {(UMAZE, BETA10): 1, (UMAZE, BETA3): 2, (OTHER, BETA10): 1}
-    assert data["left_out"] == [f"{runs / 'beta10-first'} (seed 0 again; counted: {runs / 'beta10-again'})"]
+    again_reason = f"(seed 0 from the same start again; counted: {runs / 'beta10-again'})"
+    assert data["left_out"] == [f"{runs / 'beta10-first'} {again_reason}"]
     again = json.loads((runs / "beta10-again" / "scores.json").read_text())
     cell = next(c for c in data["cells"] if (c["dataset"], c["column"]) == (UMAZE, BETA10))
     assert (cell["before_mean"], cell["after_mean"]) == (again["before"]["score"], again["after"]["score"])
@@ -77,7 +78,8 @@ def test_the_latest_run_is_the_one_whose_final_checkpoint_is_newest(runs, tmp_pa
     newest = (runs / "beta10-again" / "checkpoints" / "final.pt").stat().st_mtime_ns
     os.utime(tmp_path / "beta10-first" / "checkpoints" / "final.pt", ns=(newest + 10**9, newest + 10**9))
     left_out = reports.aggregate([tmp_path]).left_out
-    assert left_out == [f"{tmp_path / 'beta10-again'} (seed 0 again; counted: {tmp_path / 'beta10-first'})"]
+    reason = f"(seed 0 from the same start again; counted: {tmp_path / 'beta10-first'})"
+    assert left_out == [f"{tmp_path / 'beta10-again'} {reason}"]
 
 
 def test_plot_draws_the_runs_the_report_counts(runs, tmp_path, monkeypatch):
@@ -129,3 +131,18 @@ def test_sweep_status_table_shows_names_messages_and_nodes_in_brackets():
     for shown in ("iql-d-[beta=3]-s0", "[0.0]", "[node-1]", "--set beta=[bold]: expected", "iql-d-[beta=10]-s0",
                   "[pretrain] 10/60"):
         assert shown in text
+
+
+def test_fine_tunings_of_different_pretrained_seeds_are_different_seeds(pointmaze_dataset, tmp_path):
+    for seed in (0, 1):
+        offline = trainer.pretrain("iql", pointmaze_dataset, steps=10, seed=seed, eval_episodes=1, device="cpu",
+                                   overrides=TINY, out=tmp_path / f"offline-s{seed}")
+        online = trainer.finetune(offline.checkpoint, steps=10, eval_episodes=1, device="cpu",
+                                  out=tmp_path / f"s{seed}")
+        assert json.loads((online.run_dir / "config.json").read_text())["run"]["seed"] == seed
+    result = reports.aggregate([tmp_path / "s0", tmp_path / "s1"])
+    assert len(result.cells[(UMAZE, "iql")].runs) == 2 and result.left_out == []
+    again = trainer.finetune(tmp_path / "offline-s1", steps=10, seed=0, eval_episodes=1, device="cpu",
+                             out=tmp_path / "s1-seed0")
+    result = reports.aggregate([tmp_path / "s0", tmp_path / "s1", again.run_dir])
+    assert len(result.cells[(UMAZE, "iql")].runs) == 3 and result.left_out == []

@@ -92,6 +92,9 @@ def test_missing_datasets_are_named_before_anything_runs(tmp_path, pointmaze_dat
     with pytest.raises(OfftuneError, match=r"this machine \(.*\) lacks pointmaze-medium-v0: .*dataset collect"):
         sweep.run_sweep(plan, use_ray=False)
     assert not any((tmp_path / "out").glob("*/pretrain"))
+    typed = run("sweep", "--algos", "IQL", "--datasets", "D4RL/antmaze/large-play-v1", "--sequential",
+                "--pretrain-steps", 1, "--finetune-steps", 1, "--out", tmp_path)
+    assert typed.exit_code == 2 and "lacks D4RL/antmaze/large-play-v1" in words(typed)
 
 
 def test_sweep_on_local_ray_reports_every_run_and_a_rerun_skips_them(tmp_path, pointmaze_dataset):

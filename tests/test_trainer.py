@@ -1,6 +1,7 @@
 """The trainer end to end on the small PointMaze dataset: run directory, checkpoints, resume, fine-tuning."""
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -124,6 +125,10 @@ def test_finetune_reloads_the_exact_minari_id_even_when_its_name_now_finds_anoth
     monkeypatch.setattr(trainer.datasets, "load", lambda name, **kw: loaded.append(name) or real_load(name, **kw))
     trainer.finetune(offline.checkpoint, steps=10, eval_episodes=1, out=tmp_path / "ft", device="cpu")
     assert loaded == [only_local]
+    shutil.rmtree(tmp_path / "datasets" / only_local)
+    gone = f"dataset {only_local} is not in .*collect pointmaze-umaze --id {only_local}"
+    with pytest.raises(OfftuneError, match=gone):
+        trainer.finetune(offline.checkpoint, steps=10, eval_episodes=1, out=tmp_path / "ft2", device="cpu")
 
 
 def test_user_mistakes_are_offtune_errors(pointmaze_dataset, tmp_path):

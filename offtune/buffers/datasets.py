@@ -219,7 +219,8 @@ class RegistryEntry:
 
     ``minari_id`` is None when Minari publishes nothing under that name (``substitute`` names the nearest
     one); ``parts`` lists the Minari ids that ``minari.combine_datasets`` joins into ``minari_id`` locally;
-    ``collect_maze`` is set when ``offtune dataset collect`` can make the data itself.
+    ``collect_maze`` is set when ``offtune dataset collect`` can make the data itself; ``exact`` when the name
+    was a Minari id, which means that version and no other (a D4RL name takes the newest local version).
     """
 
     name: str
@@ -230,6 +231,7 @@ class RegistryEntry:
     substitute: str | None = None
     parts: tuple[str, ...] = ()
     collect_maze: str | None = None
+    exact: bool = False
 
     @property
     def short_name(self) -> str:
@@ -362,8 +364,8 @@ def resolve(name: str) -> RegistryEntry:
     if "/" in name:
         for entry in REGISTRY.values():
             if entry.minari_id and _base_id(entry.minari_id) == _base_id(name):
-                return replace(entry, minari_id=name)
-        return RegistryEntry(name, name, _guess_family(name))
+                return replace(entry, minari_id=name, exact=True)
+        return RegistryEntry(name, name, _guess_family(name), exact=True)
     raise OfftuneError(f"unknown dataset {name!r}.{suggest(name, known_names() + local_ids())}")
 
 
@@ -432,9 +434,10 @@ def _remote_ids() -> list[str] | None:
 
 
 def _how_to_get(entry: RegistryEntry, minari_id: str) -> str:
-    ways = [f"`offtune dataset download {entry.name}` (needs `pip install offtune[hf]` and internet)"]
+    name = minari_id if entry.exact else entry.name
+    ways = [f"`offtune dataset download {name}` (needs `pip install offtune[hf]` and internet)"]
     if entry.collect_maze:
-        ways.insert(0, f"`offtune dataset collect {entry.short_name}`")
+        ways.insert(0, f"`offtune dataset collect {entry.short_name}" + (f" --id {minari_id}`" if entry.exact else "`"))
     else:
         ways.append(
             f"write your own with `offtune dataset collect --env ENV_ID --policy model.zip --id {minari_id}`"
@@ -456,19 +459,22 @@ def download(name: str) -> str:
     if importlib.util.find_spec("huggingface_hub") is None:
         raise OfftuneError("downloading needs Minari's download extra: `pip install offtune[hf]`")
     remote = _remote_ids()
+    exact_target = entry.exact and not entry.parts
     targets = entry.parts or (entry.minari_id,)
     for target in targets:
         chosen = target
         if remote is not None:
             same = [other for other in remote if _base_id(other) == _base_id(target)]
-            if not same:
+            if not same or (exact_target and target not in same):
                 raise OfftuneError(f"{target} is not on the Minari remote.{suggest(target, remote)}")
             chosen = target if target in same else max(same, key=_version)
         try:
             minari.download_dataset(chosen)
         except Exception as error:  # network, hub and storage errors all mean the same to the user
             raise OfftuneError(f"downloading {chosen} failed: {error}") from error
-    return _combine(entry) if entry.parts else local_version(entry.minari_id) or entry.minari_id
+    if entry.parts:
+        return _combine(entry)
+    return entry.minari_id if entry.exact else local_version(entry.minari_id) or entry.minari_id
 
 
 def _unavailable(entry: RegistryEntry) -> OfftuneError:
@@ -506,7 +512,10 @@ def open_dataset(entry: RegistryEntry, download_missing: bool = False) -> Any:
 
     if entry.minari_id is None:
         raise _unavailable(entry)
-    found = local_version(entry.minari_id)
+    if entry.exact:
+        found = entry.minari_id if entry.minari_id in local_ids() else None
+    else:
+        found = local_version(entry.minari_id)
     if found is None and entry.parts:
         try:
             found = _combine(entry)
@@ -516,7 +525,7 @@ def open_dataset(entry: RegistryEntry, download_missing: bool = False) -> Any:
     if found is None:
         if not download_missing:
             raise OfftuneError(_how_to_get(entry, entry.minari_id))
-        found = download(entry.name if entry.name in REGISTRY else entry.minari_id)
+        found = download(entry.minari_id if entry.exact else entry.name)
     return minari.load_dataset(found)
 
 

@@ -22,7 +22,7 @@ STATE_STYLES = {"queued": "dim", "running": "yellow", "done": "green", "failed":
 
 
 def _names(text: str) -> list[str]:
-    return [part.strip().lower() for part in text.split(",") if part.strip()]
+    return [part.strip() for part in text.split(",") if part.strip()]
 
 
 def _seeds(text: str) -> list[int]:
@@ -77,7 +77,8 @@ def sweep(ctx, config_file, algos, dataset_names, seeds, pretrain_steps, finetun
     Running the same command again skips finished runs and resumes interrupted ones.
     """
     values = sweeps.read_sweep_file(config_file) if config_file else {}
-    given = {"algos": algos and _names(algos), "datasets": dataset_names and _names(dataset_names),
+    given = {"algos": algos and [name.lower() for name in _names(algos)],
+             "datasets": dataset_names and _names(dataset_names),
              "seeds": seeds and _seeds(seeds), "pretrain_steps": pretrain_steps, "finetune_steps": finetune_steps,
              "eval_every": eval_every, "eval_episodes": eval_episodes, "matmul_precision": matmul_precision,
              "out": out and Path(out)}

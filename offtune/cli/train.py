@@ -32,8 +32,7 @@ POSITIVE = click.IntRange(min=1)
 
 def _refuse_with_resume(ctx: click.Context, names: tuple[str, ...]) -> None:
     """A resumed run keeps its own settings; an option it would ignore is a mistake to say, not to swallow."""
-    given = [name for name in names if ctx.get_parameter_source(name) in (ParameterSource.COMMANDLINE,
-                                                                           ParameterSource.ENVIRONMENT)]
+    given = [name for name in names if ctx.get_parameter_source(name) is ParameterSource.COMMANDLINE]
     if given:
         params = {param.name: param for param in ctx.command.params}
         options = ", ".join(params[name].opts[0] if isinstance(params[name], click.Option)
@@ -105,7 +104,7 @@ def pretrain(ctx, algo, dataset, steps, seed, device, matmul_precision, batch_si
               help="Online capacity (default: --steps, never overwrite).")
 @click.option("--eval-every", type=POSITIVE, default=None, help="Env steps between evaluations (default 50k).")
 @click.option("--eval-episodes", type=POSITIVE, default=None, help="Default: 100 on AntMaze, 10 elsewhere.")
-@SEED
+@click.option("--seed", type=int, default=None, help="Default: the seed CHECKPOINT was pretrained with.")
 @DEVICE
 @PRECISION
 @click.option("--out", type=click.Path(file_okay=False), default=None, help="The run directory itself.")

@@ -21,7 +21,7 @@ class Evaluation:
     returns: list[float]
     scores: list[float]
     successes: list[bool] = field(default_factory=list)
-    """Only for envs that report ``info["success"]`` (the mazes); a return says nothing of success elsewhere."""
+    """Only for envs that report ``info["success"]`` (the mazes, Adroit); a return says nothing of success."""
     lengths: list[int] = field(default_factory=list)
 
     @property
@@ -67,8 +67,6 @@ def check_observation_size(envs: gym.vector.VectorEnv, info: DatasetInfo) -> Non
             f"the checkpoint expects observations of size {info.obs_dim}, but the environment of {info.name} "
             f"gives {size}"
         )
-
-
 
 
 @torch.no_grad()

@@ -3,9 +3,10 @@
 One row per dataset, one column per algorithm (or sweep label), each cell ``before → after`` as mean ± std
 over seeds (pretraining-only runs show their final offline score), and a total row: each column's means summed
 over datasets, or "-" when the column lacks a dataset that another column has, since a sum over fewer datasets
-is not comparable. Only finished runs count, one per seed (the latest, when a seed was run again), and a cell
-never mixes offline-only with fine-tuned runs, so a report taken in the middle of a sweep is not skewed by seeds
-that are still running; what is left out is listed below the table. The plot draws the same runs.
+is not comparable. Only finished runs count, one per seed (the latest, when a seed was run again from the same
+checkpoint), and a cell never mixes offline-only with fine-tuned runs, so a report taken in the middle of a sweep
+is not skewed by seeds that are still running; what is left out is listed below the table. The plot draws the
+same runs.
 """
 
 from __future__ import annotations
@@ -36,6 +37,8 @@ class RunRecord:
     evaluations: list[dict[str, Any]]
     finished: bool
     regret: float | None = None
+    source: str | None = None
+    """The checkpoint a fine-tuning run started from (None for pretraining): with the seed, what makes a run."""
 
 
 @dataclass
@@ -103,7 +106,8 @@ def read_run(path: Path) -> RunRecord | None:
     # A fine-tuning run is done once it has its "after" score, whatever checkpoints it left.
     finished = (path / "checkpoints" / "final.pt").exists() and (run.get("phase") != "online" or "after" in scores)
     return RunRecord(path, _row_name(config["dataset"]), run.get("label", run["algo"]), run["seed"],
-                     scores.get("rule", ""), before, after, evaluations, finished, scores.get("regret"))
+                     scores.get("rule", ""), before, after, evaluations, finished, scores.get("regret"),
+                     str(Path(run["checkpoint"]).resolve()) if run.get("checkpoint") else None)
 
 
 def _row_name(dataset: dict[str, Any]) -> str:
@@ -132,8 +136,8 @@ def aggregate(paths: list[str | Path]) -> Report:
     """Every finished run under ``paths``, by (dataset, column); both the table and the plot select runs here.
 
     In a cell with fine-tuned runs, runs that were only pretrained are left out, so "before" and "after" are over
-    the same seeds; then a seed run more than once (one checkpoint fine-tuned twice) counts once, as its latest
-    run, so that it does not pass for several seeds.
+    the same seeds; then a seed run more than once from the same start (one checkpoint fine-tuned twice with
+    one seed) counts once, as its latest run, so that it does not pass for several seeds.
     """
     groups: dict[tuple[str, str], list[RunRecord]] = defaultdict(list)
     left_out: list[str] = []
@@ -158,14 +162,16 @@ def aggregate(paths: list[str | Path]) -> Report:
 
 
 def _one_per_seed(records: list[RunRecord], left_out: list[str]) -> list[RunRecord]:
-    """The most recently finished run of each seed (by its final.pt); the others go to ``left_out``."""
-    by_seed: dict[int, list[RunRecord]] = defaultdict(list)
+    """The most recently finished run of each (starting checkpoint, seed), by its final.pt; the others go to
+    ``left_out``. Fine-tunings of different pretrained seeds stay apart even when their own seed is the same."""
+    by_run: dict[tuple[str, int], list[RunRecord]] = defaultdict(list)
     for record in records:
-        by_seed[record.seed].append(record)
+        by_run[(record.source or "", record.seed)].append(record)
     kept = []
-    for seed, runs in sorted(by_seed.items()):
+    for (_, seed), runs in sorted(by_run.items()):
         latest = max(runs, key=lambda r: ((r.path / "checkpoints" / "final.pt").stat().st_mtime_ns, str(r.path)))
-        left_out += [f"{r.path} (seed {seed} again; counted: {latest.path})" for r in runs if r is not latest]
+        left_out += [f"{r.path} (seed {seed} from the same start again; counted: {latest.path})"
+                     for r in runs if r is not latest]
         kept.append(latest)
     return kept
 

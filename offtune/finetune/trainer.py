@@ -285,6 +285,12 @@ def _log_interval(steps: int) -> int:
     return max(1, min(1000, steps // 50))
 
 
+def _same_dataset(name: str, info: dict[str, Any]) -> bool:
+    """Whether ``name`` (a D4RL name, short name or Minari id) names the dataset a run recorded as ``info``."""
+    entry = datasets.resolve(name)
+    return entry.name == info["name"] and (not entry.exact or entry.minari_id == info["minari_id"])
+
+
 def pretrain(
     algo: str | None = None,
     dataset: str | None = None,
@@ -314,9 +320,11 @@ def pretrain(
         if resumed["phase"] != "offline":
             raise OfftuneError(f"{resume} holds a fine-tuning run; resume it with `offtune finetune --resume`")
         run_settings = resumed["run"]
-        for given, kept, what in ((algo, resumed["algo"], "algorithm"), (dataset, run_settings["dataset"], "dataset")):
-            if given is not None and given != kept:
-                raise OfftuneError(f"{resume} holds a run of {kept}, not {given}: leave the {what} out to resume it")
+        if algo is not None and algo.lower() != resumed["algo"]:
+            raise OfftuneError(f"{resume} holds a run of {resumed['algo']}, not {algo}: leave ALGO out to resume it")
+        if dataset is not None and not _same_dataset(dataset, resumed["dataset"]):
+            raise OfftuneError(f"{resume} holds a run on {resumed['dataset']['minari_id']}, not {dataset}: "
+                               "leave DATASET out to resume it")
         algo, dataset, seed = resumed["algo"], run_settings["dataset"], run_settings["seed"]
         label = run_settings.get("label")
         steps, eval_every = run_settings["steps"], run_settings["eval_every"]
@@ -331,7 +339,9 @@ def pretrain(
     algo = algo.lower()
     torch_device = resolve_device(device)
     matmul_precision = set_matmul_precision(matmul_precision)
-    data = datasets.load(dataset, task_mode=task_mode, download=download)
+    # A resumed run reloads the exact Minari id it trained on, whatever other versions are local by now.
+    data = datasets.load(resumed["dataset"]["minari_id"] if resumed else dataset, task_mode=task_mode,
+                         download=download)
     info = data.info
     if resumed is not None:
         config = config_from_dict(config_cls, resumed["config"])
@@ -434,7 +444,7 @@ def finetune(
     buffer_size: int | None = None,
     eval_every: int | None = None,
     eval_episodes: int | None = None,
-    seed: int = 0,
+    seed: int | None = None,
     device: str = "auto",
     matmul_precision: str | None = None,
     out: str | Path | None = None,
@@ -445,7 +455,10 @@ def finetune(
     progress: Progress | None = None,
     label: str | None = None,
 ) -> RunResult:
-    """Online phase: ``steps`` env steps in the live env, ``utd`` updates per env step, from a checkpoint."""
+    """Online phase: ``steps`` env steps in the live env, ``utd`` updates per env step, from a checkpoint.
+
+    ``seed`` defaults to the seed the checkpoint was pretrained with.
+    """
     progress = progress or SilentProgress()
     resumed = None
     if resume is not None:
@@ -464,6 +477,8 @@ def finetune(
             raise OfftuneError("give a checkpoint to fine-tune, or --resume DIR")
         source = load_checkpoint(checkpoint)
         origin = str(source["path"])
+        if seed is None:  # each pretrained seed is fine-tuned under its own seed unless told otherwise
+            seed = source.get("run", {}).get("seed", 0)
     if utd < 1 or num_envs < 1 or steps < 1:
         raise OfftuneError("--steps, --utd and --num-envs must be positive")
     algo = source["algo"]

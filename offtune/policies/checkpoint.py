@@ -59,6 +59,10 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise OfftuneError(f"checkpoint {path} does not exist")
     if not zipfile.is_zipfile(path):
         raise OfftuneError(f"{path} is not an offtune checkpoint: not a file written by torch.save, or truncated")
+    with zipfile.ZipFile(path) as archive:
+        if not any(name.endswith("/data.pkl") for name in archive.namelist()):
+            raise OfftuneError(f"{path} is not an offtune checkpoint: a zip archive, but not one torch.save wrote "
+                               "(an exported Stable-Baselines3 model?)")
     try:
         data = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError:

@@ -67,8 +67,16 @@ def at_least(config: Any, minimum: float, *names: str) -> None:
     for name in names:
         value = getattr(config, name)
         items = value if isinstance(value, (tuple, list)) else (value,)
-        if any(item is not None and item < minimum for item in items):
+        if any(item is not None and not item >= minimum for item in items):  # "not >=" also refuses NaN
             raise OfftuneError(f"{name} must be at least {minimum}, got {value}")
+
+
+def positive(config: Any, *names: str) -> None:
+    """Settings that divide or scale a step (a temperature, a step size): zero would break the math silently."""
+    for name in names:
+        value = getattr(config, name)
+        if value is not None and not value > 0:
+            raise OfftuneError(f"{name} must be positive, got {value}")
 
 
 def within(config: Any, low: float, high: float, *names: str) -> None:

@@ -29,7 +29,7 @@ from torch import nn
 from offtune.buffers.replay import Batch
 from offtune.errors import OfftuneError, suggest
 from offtune.policies import hmc
-from offtune.policies.config import at_least, within
+from offtune.policies.config import at_least, positive, within
 from offtune.policies.networks import Critic, EnsembleLinear, adam, soft_update
 
 VARIANTS = ("misa", "dv", "nwj", "ba")
@@ -114,7 +114,8 @@ class MISAConfig:
         check_variant(self.variant)
         at_least(self, 1, "batch_size", "hidden_dims", "n_actions", "hmc_num_samples", "hmc_leapfrog_steps")
         at_least(self, 0, "actor_lr", "critic_lr", "min_q_weight", "bc_weight", "unbiased_weight", "hmc_burnin_steps",
-                 "hmc_adaptation_steps", "hmc_step_size", "alpha_multiplier", "temperature")
+                 "hmc_adaptation_steps", "alpha_multiplier")
+        positive(self, "temperature", "hmc_step_size", "dataset_action_clip")
         within(self, 0.0, 1.0, "discount", "target_update_rate", "min_q_weight_end", "bc_weight_end",
                "dataset_action_clip")
 
