@@ -32,8 +32,8 @@ def report(runs, fmt) -> None:
     header, rows = reports.table_rows(result)
     # Labels of grid points look like rich markup (iql[beta=10]): every text from the runs is escaped.
     caption = f"score rule: {'; '.join(result.rules)}; mean ± std over seeds"
-    if reports.total_note(result):
-        caption += f"\n{reports.total_note(result)}"
+    if note := reports.total_note(result):
+        caption += f"\n{note}"
     table = Table(title="offline → online", caption=escape(caption))
     for column in header:
         table.add_column(escape(column), overflow="fold")

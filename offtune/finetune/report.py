@@ -217,8 +217,8 @@ def render(report: Report, fmt: str) -> str:
         lines += ["| " + " | ".join(row) + " |" for row in rows]
         cells = "before → after fine-tuning" if any("→" in cell for row in rows for cell in row) else "final score"
         lines += ["", f"Score rule: {'; '.join(report.rules)}. Cells: {cells}, mean ± std over seeds."]
-        if total_note(report):
-            lines += ["", total_note(report)]
+        if note := total_note(report):
+            lines += ["", note]
         if report.left_out:
             lines += ["", "Left out:", *[f"- {reason}" for reason in report.left_out]]
         return "\n".join(lines) + "\n"

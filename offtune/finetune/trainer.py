@@ -489,9 +489,9 @@ def finetune(
     config = config_from_dict(config_cls, source["config"])
     if resumed is None:
         config = apply_overrides(config, overrides or {})
+    dataset = source.get("run", {}).get("dataset", info.name)
     # The exact Minari id pretraining loaded: the name it was given (or DatasetInfo.name) can resolve to another
     # version once more versions are local.
-    dataset = source.get("run", {}).get("dataset", info.name)
     data = datasets.load(info.minari_id, task_mode=info.task_mode, download=download)
     if data.info.obs_dim != info.obs_dim or data.info.action_dim != info.action_dim:
         raise OfftuneError(

@@ -6,6 +6,7 @@ import dataclasses
 import json
 import types
 import typing
+from collections.abc import Callable
 from typing import Any
 
 from offtune.errors import OfftuneError, suggest
@@ -62,29 +63,29 @@ def _coerce(key: str, value: Any, annotation: Any) -> Any:
     return value
 
 
-def at_least(config: Any, minimum: float, *names: str) -> None:
-    """Settings (or every item of a tuple setting) below ``minimum`` fail here with their name, not deep in torch."""
+def _require(config: Any, names: tuple[str, ...], holds: Callable[[float], bool], rule: str) -> None:
+    """Settings (or any item of a tuple setting) for which ``holds`` is false fail here with their name, not deep
+    in torch; NaN fails every rule."""
     for name in names:
         value = getattr(config, name)
         items = value if isinstance(value, (tuple, list)) else (value,)
-        if any(item is not None and not item >= minimum for item in items):  # "not >=" also refuses NaN
-            raise OfftuneError(f"{name} must be at least {minimum}, got {value}")
+        if any(item is not None and not holds(item) for item in items):
+            raise OfftuneError(f"{name} must be {rule}, got {value}")
+
+
+def at_least(config: Any, minimum: float, *names: str) -> None:
+    """Counts, sizes, rates and weights that have a floor."""
+    _require(config, names, lambda value: value >= minimum, f"at least {minimum}")
 
 
 def positive(config: Any, *names: str) -> None:
     """Settings that divide or scale a step (a temperature, a step size): zero would break the math silently."""
-    for name in names:
-        value = getattr(config, name)
-        if value is not None and not value > 0:
-            raise OfftuneError(f"{name} must be positive, got {value}")
+    _require(config, names, lambda value: value > 0, "positive")
 
 
 def within(config: Any, low: float, high: float, *names: str) -> None:
-    """Settings that are fractions or probabilities: outside [low, high] they fail here with their name."""
-    for name in names:
-        value = getattr(config, name)
-        if value is not None and not low <= value <= high:
-            raise OfftuneError(f"{name} must be between {low} and {high}, got {value}")
+    """Settings that are fractions or probabilities."""
+    _require(config, names, lambda value: low <= value <= high, f"between {low} and {high}")
 
 
 def apply_overrides(config: Any, overrides: dict[str, Any]) -> Any:
