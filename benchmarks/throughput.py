@@ -53,6 +53,7 @@ from offtune.buffers import collect, datasets
 from offtune.buffers.replay import Batch, ReplayBuffer
 from offtune.finetune import trainer
 from offtune.finetune.envs import make_vector_env
+from offtune.finetune.runtime import limit_cpu_threads
 from offtune.policies.config import apply_overrides
 
 try:
@@ -403,6 +404,7 @@ def main(seconds: float, rounds: int, device: str, threads: int | None, rows: in
     if threads is not None:
         os.environ["OMP_NUM_THREADS"] = str(threads)  # the trainer's rule: it keeps the user's thread count
     torch_device = trainer.resolve_device(device)
+    limit_cpu_threads(torch_device)
     if threads is not None:
         torch.set_num_threads(threads)
     trainer.set_matmul_precision(matmul_precision)

@@ -8,6 +8,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Column, Table
 
+from offtune.finetune.report import before_after_cells
+
 console = Console()
 err_console = Console(stderr=True)
 
@@ -78,16 +80,11 @@ def evaluations_table(title: str, evaluations: list[dict[str, Any]], rule: str) 
 
 
 def before_after_table(title: str, dataset: str, algo: str, scores: dict[str, Any]) -> Table:
-    before, after = scores["before"], scores["after"]
-    caption = f"score rule: {scores.get('rule', '')}; ± std over {after['episodes']} evaluation episodes"
+    cells = before_after_cells(scores)
+    caption = f"score rule: {scores.get('rule', '')}; ± std over {scores['after']['episodes']} evaluation episodes"
     table = Table(title=title, caption=caption)
     table.add_column("dataset", overflow="fold")
     for column in ("algo", "before", "after", "steps", "regret"):
         table.add_column(column, no_wrap=True)
-    regret = scores.get("regret")
-    table.add_row(
-        dataset, algo, f"{before['score']:.1f} ± {before['std']:.1f}",
-        f"[bold]{after['score']:.1f} ± {after['std']:.1f}[/]", f"{after['step']:,}",
-        "-" if regret is None else f"{regret:.2f}",
-    )
+    table.add_row(dataset, algo, cells.before, f"[bold]{cells.after}[/]", cells.steps, cells.regret)
     return table

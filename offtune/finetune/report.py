@@ -66,6 +66,25 @@ class Cell:
         return f"{np.mean(self.before):.1f} ± {np.std(self.before):.1f} → {after}"
 
 
+@dataclass(frozen=True)
+class BeforeAfterCells:
+    """One fine-tuning run's table cells, shared by the terminal table and ``report.md``."""
+
+    before: str
+    after: str
+    steps: str
+    regret: str
+
+
+def before_after_cells(scores: dict[str, Any]) -> BeforeAfterCells:
+    """The cells of a run's ``scores.json``: scores as mean ± std over evaluation episodes, "-" for no regret."""
+    before, after, regret = scores["before"], scores["after"], scores.get("regret")
+    return BeforeAfterCells(
+        f"{before['score']:.1f} ± {before['std']:.1f}", f"{after['score']:.1f} ± {after['std']:.1f}",
+        f"{after['step']:,}", "-" if regret is None else f"{regret:.2f}",
+    )
+
+
 def find_runs(paths: list[str | Path]) -> list[Path]:
     """Run directories under ``paths`` (a run directory itself, or any folder above run directories)."""
     found: list[Path] = []
