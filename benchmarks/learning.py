@@ -23,7 +23,7 @@ from pathlib import Path
 from rich.console import Console
 
 from offtune.buffers import collect
-from offtune.buffers.datasets import local_ids
+from offtune.buffers.storage import local_ids
 from offtune.finetune import report, trainer
 from offtune.policies.config import parse_assignments
 

@@ -13,7 +13,9 @@ import stable_baselines3
 from gymnasium_robotics.envs.maze.maps import U_MAZE
 
 from offtune.buffers import collect
-from offtune.buffers.datasets import ANTMAZE_UMAZE_MAP, POINTMAZE_EVAL_MAPS, local_ids, make_gym_env
+from offtune.buffers.gym_make import make_gym_env
+from offtune.buffers.mazes import ANTMAZE_UMAZE_MAP, POINTMAZE_EVAL_MAPS
+from offtune.buffers.storage import local_ids
 from offtune.errors import OfftuneError
 
 

@@ -11,7 +11,9 @@ import pytest
 from gymnasium.envs.registration import EnvSpec
 
 from offtune.buffers import collect, datasets
-from offtune.buffers.datasets import ANTMAZE_UMAZE_MAP, DatasetInfo, flatten_observation, load, resolve
+from offtune.buffers.datasets import DatasetInfo, flatten_observation, load
+from offtune.buffers.mazes import ANTMAZE_UMAZE_MAP
+from offtune.buffers.registry import resolve
 from offtune.errors import OfftuneError
 
 

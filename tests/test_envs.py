@@ -9,7 +9,8 @@ import numpy as np
 import torch
 
 from offtune.buffers.collect import place_agent
-from offtune.buffers.datasets import ANTMAZE_UMAZE_MAP, flatten_observation, load, maze_cell
+from offtune.buffers.datasets import flatten_observation, load
+from offtune.buffers.mazes import ANTMAZE_UMAZE_MAP, maze_cell
 from offtune.buffers.transforms import Normalizer
 from offtune.finetune.envs import make_env, make_vector_env
 from offtune.finetune.evaluate import evaluate

@@ -23,7 +23,8 @@ from stable_baselines3.common.monitor import Monitor
 from stable_baselines3.common.vec_env import DummyVecEnv
 
 import offtune
-from offtune.buffers.datasets import DatasetInfo, make_gym_env
+from offtune.buffers.datasets import DatasetInfo
+from offtune.buffers.gym_make import make_gym_env
 from offtune.buffers.transforms import Normalizer
 from offtune.cli.main import _register, cli
 from offtune.errors import OfftuneError
@@ -35,7 +36,8 @@ from offtune.policies.checkpoint import LoadedAgent, load_agent
 from offtune.policies.iql import IQLAgent, IQLConfig
 from offtune.policies.misa import MISAAgent, MISAConfig
 from offtune.policies.policy import Policy
-from offtune.policies.sb3 import build_sb3_model, export_sb3, feature_columns, parity_error
+from offtune.policies.sb3 import build_sb3_model, export_sb3, parity_error
+from offtune.policies.sb3_layout import feature_columns
 from offtune.policies.spot import SPOTAgent, SPOTConfig
 
 SMALL = {"hidden_dims": "32,32", "batch_size": 32}

@@ -4,7 +4,13 @@ Minari's ``DataCollector`` needs JAX, so episodes are recorded here straight int
 ``EpisodeBuffer``s (``n + 1`` observations and infos, ``n`` actions, rewards and flags) and written with
 ``minari.create_dataset_from_buffers``. The PointMaze collector follows the recipe of the published
 D4RL/pointmaze datasets: Q-iteration over maze cells, a PD controller on jittered waypoints and Gaussian
-action noise, in a continuing task whose episodes are cut at every goal reached.
+action noise (:mod:`offtune.buffers.maze_expert`), in a continuing task whose episodes are cut at every goal
+reached.
+
+Collecting steps real envs, built with :func:`offtune.buffers.gym_make.make_gym_env`, not with
+``offtune.finetune.envs``: writing datasets is a ``buffers`` job and ``buffers`` imports nothing from the
+layers above it. They are the plain gymnasium envs, because a dataset records what the env itself returns;
+``finetune.envs`` later derives its task view (flat observations, goal-reaching rewards) from the dataset.
 
 Small synthetic datasets with the exact specs of published ones (``write_antmaze_like``,
 ``collect_policy`` with random actions) serve the tests and demos when the real data cannot be
@@ -26,15 +32,17 @@ import numpy as np
 from gymnasium.envs.registration import EnvSpec
 from minari.data_collector import EpisodeBuffer
 
-from offtune.buffers.datasets import (
+from offtune.buffers.gym_make import make_gym_env
+from offtune.buffers.maze_expert import MazePlanner as MazePlanner  # re-exported: its address before the split
+from offtune.buffers.maze_expert import WaypointController
+from offtune.buffers.mazes import (
+    ANTMAZE_EVAL_MAPS,
     ANTMAZE_UMAZE_MAP,
+    MINARI_SUCCESS_RADIUS,
     POINTMAZE_EVAL_MAPS,
-    datasets_root,
-    local_ids,
-    make_gym_env,
     maze_cell,
-    valid_dataset_id,
 )
+from offtune.buffers.storage import datasets_root, local_ids, valid_dataset_id
 from offtune.errors import OfftuneError
 
 Observation = Any
@@ -47,33 +55,6 @@ POINTMAZE_ENVS = {
     "large": "PointMaze_Large-v3",
 }
 ANTMAZE_ENVS = {"umaze": "AntMaze_UMaze-v4", "medium": "AntMaze_Medium-v4", "large": "AntMaze_Large-v4"}
-# Minari's evaluation maps for D4RL/antmaze/*-v1 (generation scripts): one r and one g cell. The umaze one is
-# the left-right mirror image of the maze the data was collected in (Minari #304).
-ANTMAZE_EVAL_MAPS: dict[str, list[list[int | str]]] = {
-    "umaze": [[1, 1, 1, 1, 1], [1, 0, 0, "r", 1], [1, 0, 1, 1, 1], [1, 0, 0, "g", 1], [1, 1, 1, 1, 1]],
-    "medium": [
-        [1, 1, 1, 1, 1, 1, 1, 1],
-        [1, "r", 0, 1, 1, 0, 0, 1],
-        [1, 0, 0, 1, 0, 0, 0, 1],
-        [1, 1, 0, 0, 0, 1, 1, 1],
-        [1, 0, 0, 1, 0, 0, 0, 1],
-        [1, 0, 1, 0, 0, 1, 0, 1],
-        [1, 0, 0, 0, 1, 0, "g", 1],
-        [1, 1, 1, 1, 1, 1, 1, 1],
-    ],
-    "large": [
-        [1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1],
-        [1, "r", 0, 0, 0, 1, 0, 0, 0, 0, 0, 1],
-        [1, 0, 1, 1, 0, 1, 0, 1, 0, 1, 0, 1],
-        [1, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 1],
-        [1, 0, 1, 1, 1, 1, 0, 1, 1, 1, 0, 1],
-        [1, 0, 0, 1, 0, 1, 0, 0, 0, 0, 0, 1],
-        [1, 1, 0, 1, 0, 1, 0, 1, 0, 1, 1, 1],
-        [1, 0, 0, 1, 0, 0, 0, 1, 0, "g", 0, 1],
-        [1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1],
-    ],
-}
-MAZE_SUCCESS_RADIUS = 0.45  # gymnasium-robotics' own goal radius (info["success"], sparse reward)
 PROGRESS_EVERY = 1000
 
 
@@ -162,7 +143,7 @@ def run_episodes(
                 next_observation, info = env.reset()
             else:
                 next_observation = dict(next_observation, desired_goal=env.unwrapped.goal.copy())
-                info = {"success": _within(next_observation, MAZE_SUCCESS_RADIUS)}
+                info = {"success": _within(next_observation, MINARI_SUCCESS_RADIUS)}
             recorder = EpisodeRecorder(next_observation, _info(record_info, next_observation, info))
         observation = next_observation
     if len(recorder):
@@ -200,108 +181,6 @@ def antmaze_info(observation: dict[str, np.ndarray], success: bool) -> dict[str,
         "qvel": observation["observation"][13:].copy(),
         "goal": observation["desired_goal"].copy(),
     }
-
-
-class MazePlanner:
-    """Q-iteration over the maze's cells (4 moves, stay put when blocked, reward 1 for entering the goal).
-
-    ``next_cells(goal)`` gives, for every cell, the neighbouring cell to head for; it is cached per goal
-    cell because a maze has only a few dozen of them.
-    """
-
-    MOVES = ((-1, 0), (1, 0), (0, -1), (0, 1))
-
-    def __init__(self, maze_map: list[list[int | str]], sweeps: int = 50, discount: float = 0.99) -> None:
-        self.free = np.array([[cell != 1 for cell in row] for row in maze_map])
-        self.rows, self.cols = self.free.shape
-        self.sweeps, self.discount = sweeps, discount
-        successor = np.empty((self.rows * self.cols, len(self.MOVES)), dtype=np.int64)
-        for row in range(self.rows):
-            for col in range(self.cols):
-                for move, (d_row, d_col) in enumerate(self.MOVES):
-                    r, c = row + d_row, col + d_col
-                    inside = 0 <= r < self.rows and 0 <= c < self.cols and self.free[r, c]
-                    successor[row * self.cols + col, move] = (
-                        r * self.cols + c if inside else row * self.cols + col
-                    )
-        self.successor = successor
-        self._cache: dict[tuple[int, int], np.ndarray] = {}
-
-    def next_cells(self, goal: tuple[int, int]) -> np.ndarray:
-        """Flat index of the next cell from every cell toward ``goal`` (row, col)."""
-        if goal not in self._cache:
-            reward = (self.successor == goal[0] * self.cols + goal[1]).astype(np.float64)
-            q = np.zeros_like(reward)
-            for _ in range(self.sweeps):  # Q(s, a) = r(s, a) + γ max_a' Q(s', a')
-                q = reward + self.discount * q.max(axis=1)[self.successor]
-            self._cache[goal] = self.successor[np.arange(len(q)), q.argmax(axis=1)]
-        return self._cache[goal]
-
-
-class WaypointController:
-    """PD control toward the next planned cell: a = clip(10 (waypoint - x) - 1 v), plus Gaussian noise.
-
-    Intermediate waypoints are cell centres shifted by up to ``jitter`` (so paths vary); the last one is the
-    goal itself. A waypoint counts as reached within ``threshold``.
-    """
-
-    def __init__(
-        self,
-        maze: Any,
-        rng: np.random.Generator,
-        noise: float = 0.5,
-        p_gain: float = 10.0,
-        d_gain: float = -1.0,
-        threshold: float = 0.1,
-        jitter: float = 0.2,
-    ) -> None:
-        self.maze, self.rng, self.noise = maze, rng, noise
-        self.planner = MazePlanner(maze.maze_map)
-        self.p_gain, self.d_gain, self.threshold, self.jitter = p_gain, d_gain, threshold, jitter
-        self.goal_xy: np.ndarray | None = None
-        self.goal_cell = (0, 0)
-        self.target_cell = (0, 0)
-        self.target_xy = np.zeros(2)
-
-    def _cell(self, xy: np.ndarray) -> tuple[int, int]:
-        row, col = self.maze.cell_xy_to_rowcol(xy)
-        return int(row), int(col)
-
-    def _aim_at(self, cell: tuple[int, int]) -> None:
-        self.target_cell = cell
-        if cell == self.goal_cell:
-            self.target_xy = self.goal_xy
-        else:
-            self.target_xy = (
-                self.maze.cell_rowcol_to_xy(np.array(cell)) - self.rng.uniform(size=2) * self.jitter
-            )
-
-    def _advance(self) -> None:
-        following = int(
-            self.planner.next_cells(self.goal_cell)[
-                self.target_cell[0] * self.planner.cols + self.target_cell[1]
-            ]
-        )
-        self._aim_at(divmod(following, self.planner.cols))
-
-    def action(self, observation: dict[str, np.ndarray]) -> np.ndarray:
-        """The noiseless PD action (the expert the published datasets' reference scores use)."""
-        position, velocity = observation["achieved_goal"], observation["observation"][2:]
-        goal = observation["desired_goal"]
-        if self.goal_xy is None or np.linalg.norm(goal - self.goal_xy) > 1e-3:
-            self.goal_xy, self.goal_cell = goal.copy(), self._cell(goal)
-            self.target_cell = self._cell(position)
-            if self.target_cell == self.goal_cell:
-                self._aim_at(self.goal_cell)
-            else:
-                self._advance()
-        if self.target_cell != self.goal_cell and np.linalg.norm(self.target_xy - position) <= self.threshold:
-            self._advance()
-        return np.clip(self.p_gain * (self.target_xy - position) + self.d_gain * velocity, -1.0, 1.0)
-
-    def __call__(self, observation: dict[str, np.ndarray]) -> np.ndarray:
-        action = self.action(observation) + self.noise * self.rng.standard_normal(2)
-        return np.clip(action, -1.0, 1.0).astype(np.float32)
 
 
 def pointmaze_eval_spec(maze: str) -> EnvSpec:
@@ -516,7 +395,7 @@ def write_antmaze_like(
         elif episode % 3 == 2:
             observation = place_agent(env, maze_env.goal + rng.uniform(-0.2, 0.2, size=2))
         recorder = EpisodeRecorder(
-            observation, antmaze_info(observation, _within(observation, MAZE_SUCCESS_RADIUS))
+            observation, antmaze_info(observation, _within(observation, MINARI_SUCCESS_RADIUS))
         )
         for step in range(steps):
             action = 0.3 * env.action_space.sample()

@@ -11,13 +11,13 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from offtune.buffers import collect as collectors
-from offtune.buffers import datasets
+from offtune.buffers import datasets, registry, sources, storage
 from offtune.errors import OfftuneError
 
 console = Console()
 
 
-def _rule_label(rule: datasets.ScoreRule | None) -> str:
+def _rule_label(rule: registry.ScoreRule | None) -> str:
     """A few words for the list; ``offtune dataset info`` prints the full rule."""
     if rule is None:
         return "Minari refs/raw"
@@ -43,14 +43,14 @@ def dataset() -> None:
 @click.option("--local", "only_local", is_flag=True, help="Only datasets present in MINARI_DATASETS_PATH.")
 def list_datasets(only_local: bool) -> None:
     """The registry: D4RL names, their Minari ids, task modes, score rules, and which are local."""
-    available = datasets.local_ids()
-    table = Table(title=f"datasets (local folder: {datasets.datasets_root()})", box=box.SIMPLE_HEAD)
+    available = storage.local_ids()
+    table = Table(title=f"datasets (local folder: {storage.datasets_root()})", box=box.SIMPLE_HEAD)
     for column in ("name", "minari id", "task", "score", "local"):
         # Names, task and size stay whole on an 80-column terminal; the id and the score rule fold.
         table.add_column(column, no_wrap=column in ("name", "task", "local"), overflow="fold")
     listed: set[str] = set()
-    for entry in datasets.REGISTRY.values():
-        found = datasets.local_version(entry.minari_id, available) if entry.minari_id else None
+    for entry in registry.REGISTRY.values():
+        found = storage.local_version(entry.minari_id, available) if entry.minari_id else None
         if only_local and found is None:
             continue
         listed.add(found or "")
@@ -58,15 +58,15 @@ def list_datasets(only_local: bool) -> None:
             minari_id, local = "[dim]none on Minari[/]", "[dim]n/a[/]"
         else:
             minari_id = entry.minari_id
-            local = f"[green]{_size(datasets.local_size(found))}[/]" if found else ""
+            local = f"[green]{_size(storage.local_size(found))}[/]" if found else ""
             if found and found != entry.minari_id:
-                local = f"[green]{found.rsplit('-', 1)[-1]}, {_size(datasets.local_size(found))}[/]"
+                local = f"[green]{found.rsplit('-', 1)[-1]}, {_size(storage.local_size(found))}[/]"
             if entry.parts and not found:
                 local = "[dim]med+exp[/]"
         table.add_row(entry.name, minari_id, entry.task_mode or "", _rule_label(entry.score_rule), local)
     for other in available:
         if other not in listed:
-            table.add_row("", other, "", "", f"[green]{_size(datasets.local_size(other))}[/]")
+            table.add_row("", other, "", "", f"[green]{_size(storage.local_size(other))}[/]")
     console.print(table)
 
 
@@ -96,8 +96,8 @@ def info(name: str, task_mode: str | None, as_json: bool) -> None:
 @click.argument("name")
 def download(name: str) -> None:
     """Download a dataset from the Minari remote (needs `pip install offtune[hf]` and internet)."""
-    minari_id = datasets.download(name)
-    console.print(f"[green]downloaded[/] {minari_id} to {datasets.datasets_root() / minari_id}")
+    minari_id = sources.download(name)
+    console.print(f"[green]downloaded[/] {minari_id} to {storage.datasets_root() / minari_id}")
 
 
 @dataset.command()
@@ -119,9 +119,9 @@ def collect(name, env_id, policy, random_actions, steps, seed, noise, dataset_id
     """Write a Minari dataset: `collect pointmaze-umaze` (planner + PD controller, like D4RL's), or
     `collect --env Hopper-v5 --policy model.zip` / `--random`."""
     if name is not None:
-        entry = datasets.resolve(name)
+        entry = registry.resolve(name)
         if entry.collect_maze is None or env_id or policy or random_actions:
-            makeable = ", ".join(e.short_name for e in datasets.REGISTRY.values() if e.collect_maze)
+            makeable = ", ".join(e.short_name for e in registry.REGISTRY.values() if e.collect_maze)
             raise OfftuneError(
                 f"offtune can collect {makeable} by name; for anything else use "
                 "`offtune dataset collect --env ENV_ID --policy model.zip` (or --random)"
@@ -155,7 +155,7 @@ def collect(name, env_id, policy, random_actions, steps, seed, noise, dataset_id
             )
     console.print(
         f"[green]wrote[/] {written.id}: {written.total_episodes} episodes, {written.total_steps} steps "
-        f"in {datasets.datasets_root() / written.id}"
+        f"in {storage.datasets_root() / written.id}"
     )
 
 

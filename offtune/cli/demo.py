@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from offtune.buffers import collect
-from offtune.buffers.datasets import local_ids
+from offtune.buffers.storage import local_ids
 from offtune.cli.display import RichProgress, before_after_table, console, err_console
 from offtune.finetune import trainer
 

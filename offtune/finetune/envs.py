@@ -5,6 +5,9 @@ dataset's flat float32 vectors (same keys, same order), and mazes are the goal-r
 were labelled for: reward 1 and termination on reaching the goal (``info.goal`` within
 ``info.success_radius`` in d4rl mode, the env's own ``info["success"]`` in goal mode), 0 otherwise, so an
 episode's return is its success. Time-limit truncations stay truncations.
+
+The env underneath comes from :func:`offtune.buffers.gym_make.make_gym_env`, which collecting datasets
+shares; it lives in ``buffers`` because arrows only point down the layers (it is importable from here too).
 """
 
 from __future__ import annotations
@@ -15,7 +18,9 @@ import gymnasium as gym
 import numpy as np
 from gymnasium.envs.registration import EnvSpec
 
-from offtune.buffers.datasets import MAZE_FAMILIES, DatasetInfo, flatten_observation, make_gym_env
+from offtune.buffers.datasets import DatasetInfo, flatten_observation
+from offtune.buffers.gym_make import make_gym_env
+from offtune.buffers.mazes import MAZE_FAMILIES
 from offtune.errors import OfftuneError
 
 

@@ -24,7 +24,7 @@ import yaml
 from gymnasium import spaces
 from gymnasium.envs.registration import EnvSpec
 
-from offtune.buffers.datasets import MAZE_FAMILIES
+from offtune.buffers.mazes import MAZE_FAMILIES
 from offtune.errors import OfftuneError, suggest
 from offtune.finetune.envs import make_env
 from offtune.finetune.evaluate import evaluate

@@ -24,7 +24,8 @@ from typing import Any
 
 import torch
 
-from offtune.buffers import datasets
+from offtune.buffers.registry import resolve
+from offtune.buffers.sources import open_dataset
 from offtune.errors import OfftuneError, suggest
 from offtune.finetune import trainer
 from offtune.finetune.scores import read_json, read_yaml_mapping, write_json
@@ -123,7 +124,7 @@ class SweepPlan:
                                f"{', '.join(trainer.MATMUL_PRECISIONS)}."
                                f"{suggest(self.matmul_precision, trainer.MATMUL_PRECISIONS)}")
         for name in self.datasets:
-            datasets.resolve(name)
+            resolve(name)
         for section in (*self.algo_settings, *self.algo_grids):
             if section not in self.algos:
                 raise OfftuneError(f"the sweep has settings for '{section}', which is not among its algorithms "
@@ -342,7 +343,7 @@ def missing_datasets(names: list[str], download: bool = False) -> dict[str, str]
     problems = {}
     for name in names:
         try:
-            datasets.open_dataset(datasets.resolve(name), download_missing=download)
+            open_dataset(resolve(name), download_missing=download)
         except OfftuneError as error:
             problems[name] = str(error)
     return problems

@@ -1,7 +1,7 @@
 """Export a checkpoint as a Stable-Baselines3 TD3 or SAC zip, written by SB3's own ``save``.
 
 The zip holds only SB3's own classes and stock torch layers, so ``TD3.load`` / ``SAC.load`` open it where
-offtune is not installed. How offtune's networks become SB3's:
+offtune is not installed. What every export does:
 
 - **Normalisation.** The dataset normaliser (x - μ)/(σ + ε) is folded into the first Linear of the actor
   and of every critic: W' = W / (σ + ε) column-wise and b' = b - W'μ, so the zip needs no wrapper.
@@ -9,25 +9,70 @@ offtune is not installed. How offtune's networks become SB3's:
   ``MultiInputPolicy`` (``CombinedExtractor``) concatenates every key in the space's order, while offtune
   concatenates ``obs_keys`` in its own order; the first-layer columns are rearranged to SB3's order and
   the keys offtune does not read get zero columns.
-- **Actors.** A tanh MLP (SPOT; IQL's and MISA's means) is TD3's ``actor.mu``. For SAC the hidden layers
-  go to ``latent_pi``, the mean head to ``mu`` and log σ to ``log_std``: IQL's state-independent vector as
-  the bias of a zero-weight layer, MISA's scaled head with its scale and offset folded in. SAC's
-  deterministic action tanh(mu) is then exact for IQL; MISA clips μ to [-9, 9] before tanh, which SB3
-  does not, and tanh(9) is within 3e-8 of 1, so the actions agree to that.
-- **Critics.** offtune's twin critics are one batched ensemble: member i becomes ``qf{i}`` (the weight
-  transposed to ``nn.Linear``'s (out, in)) and the target critics become ``critic_target``, so SB3 can
-  keep training. SB3 gives actor and critics one activation and plain Linear layers, so critics that
-  differ (MISA's ELU critics, LayerNorm) stay as SB3 initialised them, and the export says so.
+- **Critics.** offtune's twin critics are one batched ensemble (``EnsembleLinear`` weights are
+  (member, in, out)): member i becomes ``qf{i}`` with its weight transposed to ``nn.Linear``'s (out, in),
+  and the target critics become ``critic_target``, so SB3 can keep training. SB3 gives actor and critics
+  one activation and plain Linear layers, so critics that differ (MISA's ELU critics, LayerNorm) stay as
+  SB3 initialised them, and the export says so.
+
+Worked examples, one per actor type, with two hidden layers of 256. "Linear k" counts an offtune network's
+Linears from 1 (Dropout and activations are not counted); SB3's ``create_mlp`` alternates Linear and ReLU,
+so its k-th Linear is the module at index 2(k - 1), which is why SB3's keys read ``.0``, ``.2``, ``.4``.
+
+**IQL on antmaze-umaze-v2 → SAC** (the default). IQL's actor is tanh(μ(s)) with one learned log σ for
+every state. offtune reads achieved_goal (2) + observation (27) = 29 numbers; SB3 feeds achieved_goal,
+desired_goal, observation = 31::
+
+    actor.mean_net Linear 1 (256×29), folded  → actor.latent_pi.0.weight (256×31; columns 2-3, desired_goal,
+                                                 are zero because IQL does not read it) and .bias
+    actor.mean_net Linear 2 (256×256)         → actor.latent_pi.2.weight / .bias
+    actor.mean_net Linear 3 (8×256), μ        → actor.mu.weight / .bias
+    clamp(actor.log_std, -5, 2), shape (8,)   → actor.log_std.bias; actor.log_std.weight = zeros (8×256)
+    critic.net Linear k, member i             → critic.qf{i}.{2(k-1)}.weight = W[i]ᵀ, .bias = b[i]
+    target_critic.net Linear k, member i      → critic_target.qf{i}.{2(k-1)}.weight / .bias
+
+SAC's log σ is a Linear on the latent features; a zero weight turns it into IQL's state-independent vector.
+SAC's deterministic action tanh(mu(latent_pi(s))) is then IQL's tanh(μ(s)) exactly (SAC samples
+tanh(N(mu, σ)) where IQL samples N(tanh μ, σ), and the export notes it). IQL's value network V(s) has no
+place in SB3 and is left out; exported as TD3 instead, IQL's Linears 1-3 fill ``actor.mu`` as SPOT's do.
+
+**SPOT on hopper-medium-v2 → TD3** (SAC is refused: SPOT learns no σ). SPOT's actor already is TD3's
+deterministic Linear-ReLU-Linear-ReLU-Linear-Tanh, so it maps layer for layer::
+
+    actor Linear k (Linear 1 folded, 256×11)  → actor.mu.{2(k-1)}.weight / .bias
+    target_actor Linear k                     → actor_target.mu.{2(k-1)}.weight / .bias
+    critic, target_critic                     → critic.qf{i}, critic_target.qf{i}, as for IQL
+
+SPOT's target policy smoothing and delayed actor updates are TD3's, so ``policy_freq``, ``policy_noise``,
+``noise_clip`` and ``exploration_noise`` become ``policy_delay``, ``target_policy_noise``,
+``target_noise_clip`` and ``action_noise``. The VAE (SPOT's density estimate) only shapes training and is
+left out.
+
+**MISA on a PointMaze dataset (goal mode) → SAC** (the default). MISA's actor is tanh(N(μ(s), σ(s))) with a
+log σ head, SAC's own shape. offtune reads observation (4) + desired_goal (2) = 6 numbers; SB3 feeds
+achieved_goal, desired_goal, observation = 8::
+
+    policy.trunk Linear 1 (256×6), folded     → actor.latent_pi.0.weight (256×8; columns 0-1 zero, 2-3 from
+                                                 offtune's columns 4-5, 4-7 from its 0-3) and .bias
+    policy.trunk Linear 2                     → actor.latent_pi.2.weight / .bias
+    policy.mean_head                          → actor.mu.weight / .bias
+    scale · log_std_head(h) + offset          → actor.log_std.weight = scale · W, .bias = scale · b + offset
+
+SB3's ``log_std`` is one plain Linear, so MISA's two learned scalars are folded into it. MISA clips μ to
+[-9, 9] before tanh and SB3 does not; tanh(9) is within 3e-8 of 1, so the actions agree to that. MISA's
+critics are ELU networks, so they are not exported (see Critics); MISA's α becomes SB3's ``ent_coef``.
 
 Anything in the actor that SB3's MLP cannot hold raises :class:`OfftuneError`. After saving, the zip is
 loaded back with SB3 and its deterministic actions are compared with offtune's; a mismatch deletes it.
+
+The mapping itself (reading the networks, folding, SB3's names) is :mod:`offtune.policies.sb3_layout`;
+this module checks that an export fits, sizes and builds the SB3 model, injects the weights and saves.
 """
 
 from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,44 +81,26 @@ import gymnasium as gym
 import numpy as np
 import torch
 from gymnasium import spaces
-from torch import nn
 
 from offtune.buffers.transforms import Normalizer
 from offtune.errors import OfftuneError, suggest
 from offtune.policies.checkpoint import LoadedAgent
-from offtune.policies.networks import EnsembleLinear
 from offtune.policies.policy import Policy
+from offtune.policies.sb3_layout import (
+    ACTORS,
+    ActorLayers,
+    CriticLayers,
+    critic_layers,
+    fold_actor,
+    fold_critics,
+    input_fold,
+    sb3_state_dict,
+)
 
 SB3_ALGOS = ("td3", "sac")
 DEFAULT_SB3_ALGO = {"iql": "sac", "spot": "td3", "misa": "sac"}
 PARITY_TOLERANCE = 1e-5
 """Largest accepted |SB3 action - offtune action| per unit of half the action range."""
-
-Layer = tuple[torch.Tensor, torch.Tensor]
-"""A linear layer in ``nn.Linear`` layout: weight (out, in) and bias (out,), float64 on the CPU."""
-
-
-@dataclass
-class ActorLayers:
-    """An actor as SB3 lays it out: hidden Linears (each followed by ReLU), the mean head, and for a
-    stochastic actor the log-std head; ``target`` is TD3's target actor (the same layers when there is none)."""
-
-    hidden: list[Layer]
-    mean: Layer
-    log_std: Layer | None = None
-    target: list[Layer] | None = None
-
-
-@dataclass
-class CriticLayers:
-    """Every critic member (and target member) as a list of Linears, ReLU between them."""
-
-    members: list[list[Layer]]
-    targets: list[list[Layer]]
-
-    @property
-    def hidden_sizes(self) -> list[int]:
-        return [weight.shape[0] for weight, _ in self.members[0][:-1]]
 
 
 @dataclass
@@ -94,181 +121,65 @@ class SB3Export:
         return self.sb3_algo.upper()
 
 
-def _linear(module: nn.Linear) -> Layer:
-    return module.weight.detach().double().cpu().clone(), module.bias.detach().double().cpu().clone()
+# --- building the SB3 model --------------------------------------------------------------------------------
 
 
-def _relu_mlp(modules: Iterable[nn.Module], what: str) -> tuple[list[Layer], bool]:
-    """The Linears of a Linear-ReLU-Linear-... chain, and whether a ReLU closes it.
-
-    Dropout is skipped (it is the identity when acting); anything else is what SB3's MLP cannot hold.
-    """
-    layers: list[Layer] = []
-    closed = True
-    for module in modules:
-        if isinstance(module, nn.Dropout):
-            continue
-        if isinstance(module, nn.Linear) and closed:
-            layers.append(_linear(module))
-            closed = False
-        elif isinstance(module, nn.ReLU) and not closed:
-            closed = True
-        else:
-            raise OfftuneError(
-                f"{what} has a {type(module).__name__} layer, but SB3's MLPs are Linear layers with one ReLU "
-                "between them; SB3 cannot hold this network (train without it to export)"
-            )
-    return layers, closed
+def resolve_sb3_algo(algo: str, sb3_algo: str | None) -> str:
+    """The SB3 class for a checkpoint: the natural one by default, or the one asked for if it fits."""
+    if algo not in ACTORS:
+        raise OfftuneError(f"no SB3 export for algorithm '{algo}'")
+    if sb3_algo is None:
+        return DEFAULT_SB3_ALGO[algo]
+    sb3_algo = sb3_algo.lower()
+    if sb3_algo not in SB3_ALGOS:
+        raise OfftuneError(f"unknown SB3 algorithm '{sb3_algo}'; choose td3 or sac.{suggest(sb3_algo, SB3_ALGOS)}")
+    if algo == "spot" and sb3_algo == "sac":
+        raise OfftuneError("SPOT's actor is deterministic, and SAC needs the state-dependent standard deviation "
+                           "SPOT never learns; export it as td3")
+    return sb3_algo
 
 
-def _tanh_mlp(module: nn.Module, what: str) -> list[Layer]:
-    """Linears of Linear-ReLU-...-Linear-Tanh (TD3's ``actor.mu``)."""
-    modules = list(module)
-    if not modules or not isinstance(modules[-1], nn.Tanh):
-        raise OfftuneError(f"{what} does not end with tanh; SB3's actors squash with tanh")
-    layers, closed = _relu_mlp(modules[:-1], what)
-    if closed or not layers:
-        raise OfftuneError(f"{what} does not end with a Linear before its tanh; SB3 cannot hold it")
-    return layers
+def _check_action_space(action_space: spaces.Space, loaded: LoadedAgent) -> None:
+    info = loaded.info
+    if not isinstance(action_space, spaces.Box) or int(np.prod(action_space.shape)) != info.action_dim:
+        raise OfftuneError(f"the env's action space {action_space} does not match the checkpoint's "
+                           f"{info.action_dim} continuous actions")
+    if not (np.allclose(np.ravel(action_space.low), info.action_low)
+            and np.allclose(np.ravel(action_space.high), info.action_high)):
+        raise OfftuneError("the env's action bounds differ from the dataset's, which the checkpoint was trained on")
 
 
-def _iql_actor(agent: Any) -> ActorLayers:
-    """tanh(μ(s)) with a state-independent log σ: SB3 ``log_std`` = zero weights, bias = clipped log σ."""
-    layers = _tanh_mlp(agent.actor_module(), "IQL's actor")
-    width = layers[-1][0].shape[1]
-    log_std = agent.actor.log_std.detach().double().cpu().clamp(agent.actor.log_std_min, agent.actor.log_std_max)
-    return ActorLayers(layers[:-1], layers[-1], (torch.zeros(len(log_std), width, dtype=torch.float64), log_std))
+def _validate(loaded: LoadedAgent, action_space: spaces.Space, sb3_algo: str | None) -> str:
+    """The SB3 algorithm to export as, once the checkpoint's algorithm and the env's actions allow it."""
+    sb3_algo = resolve_sb3_algo(loaded.algo, sb3_algo)
+    _check_action_space(action_space, loaded)
+    return sb3_algo
 
 
-def _spot_actor(agent: Any) -> ActorLayers:
-    """A deterministic tanh MLP, with its own Polyak target actor."""
-    layers = _tanh_mlp(agent.actor_module(), "SPOT's actor")
-    target = _tanh_mlp(agent.target_actor, "SPOT's target actor")
-    return ActorLayers(layers[:-1], layers[-1], None, target)
+def _folded_networks(
+    loaded: LoadedAgent, observation_space: spaces.Space, sb3_algo: str
+) -> tuple[ActorLayers, CriticLayers | None, str | None]:
+    """The actor and critics in SB3's layout with the normaliser folded in; for critics SB3 cannot hold,
+    None and the reason."""
+    fold = input_fold(loaded, observation_space)
+    actor = fold_actor(ACTORS[loaded.algo](loaded.agent), fold)
+    if sb3_algo == "sac" and actor.log_std is None:
+        raise OfftuneError(f"{loaded.algo}'s actor has no standard deviation for SAC; export it as td3")
+    critics, reason = critic_layers(loaded.agent)
+    if critics is None:
+        return actor, None, reason
+    return actor, fold_critics(critics, fold), None
 
 
-def _misa_actor(agent: Any) -> ActorLayers:
-    """Trunk, mean head, and log σ = scale · head(h) + offset folded into one Linear."""
-    policy = agent.actor_module()
-    hidden, closed = _relu_mlp(policy.trunk, "MISA's policy trunk")
-    if hidden and not closed:
-        raise OfftuneError("MISA's policy trunk does not end with ReLU; SB3's latent_pi does")
-    scale = policy.log_std_scale.detach().double().cpu()
-    offset = policy.log_std_offset.detach().double().cpu()
-    weight, bias = _linear(policy.log_std_head)
-    return ActorLayers(hidden, _linear(policy.mean_head), (scale * weight, scale * bias + offset))
-
-
-ACTORS = {"iql": _iql_actor, "spot": _spot_actor, "misa": _misa_actor}
-
-
-def _ensemble_layers(net: nn.Sequential) -> tuple[list[list[Layer]], str | None]:
-    """Per member, the Linears of an ensemble ReLU MLP; or the reason SB3's critics cannot hold it."""
-    linears: list[EnsembleLinear] = []
-    for module in net:
-        if isinstance(module, EnsembleLinear):
-            linears.append(module)
-        elif not isinstance(module, nn.ReLU):
-            return [], f"its critics have {type(module).__name__} layers, while SB3 gives critics the actor's ReLU"
-    members = []
-    for member in range(linears[0].members):
-        members.append([
-            (layer.weight[member].detach().double().cpu().T.clone(), layer.bias[member, 0].detach().double().cpu())
-            for layer in linears
-        ])
-    return members, None
-
-
-def critic_layers(agent: Any) -> tuple[CriticLayers | None, str | None]:
-    """The twin critics and their targets, or None and why SB3 cannot hold them."""
-    members, reason = _ensemble_layers(agent.critic.net)
-    if reason is not None:
-        return None, reason
-    targets, _ = _ensemble_layers(agent.target_critic.net)
-    return CriticLayers(members, targets), None
-
-
-def feature_columns(observation_space: spaces.Space, obs_keys: list[str], obs_dim: int) -> np.ndarray:
-    """For each input SB3's features extractor yields, the column of offtune's flat observation it holds
-    (-1 for a key offtune does not read, which gets zero weights)."""
-    if isinstance(observation_space, spaces.Dict):
-        if not obs_keys:
-            raise OfftuneError("the env gives dict observations, but the checkpoint was trained on flat ones")
-        sizes: dict[str, int] = {}
-        for key, subspace in observation_space.spaces.items():
-            if not isinstance(subspace, spaces.Box) or subspace.dtype == np.uint8:
-                raise OfftuneError(
-                    f"observation key '{key}' is a {type(subspace).__name__} space; SB3's MultiInputPolicy "
-                    "flattens only float vector keys into the layout offtune can map (nested dicts, images "
-                    "and discrete keys cannot be exported)"
-                )
-            sizes[key] = int(np.prod(subspace.shape))
-        for key in obs_keys:
-            if key not in sizes:
-                raise OfftuneError(f"the checkpoint reads observation key '{key}', which the env lacks."
-                                   f"{suggest(key, sizes)}")
-        offsets, start = {}, 0
-        for key in obs_keys:
-            offsets[key], start = start, start + sizes[key]
-        if start != obs_dim:
-            raise OfftuneError(f"the env's keys {', '.join(obs_keys)} hold {start} numbers, the checkpoint {obs_dim}")
-        columns = [
-            np.arange(offsets[key], offsets[key] + size) if key in offsets else np.full(size, -1)
-            for key, size in sizes.items()
-        ]
-        return np.concatenate(columns)
-    if not isinstance(observation_space, spaces.Box) or observation_space.dtype == np.uint8:
-        raise OfftuneError(f"SB3 export needs a float Box or Dict observation space, not {observation_space}")
-    if obs_keys:
-        raise OfftuneError(f"the checkpoint reads dict keys {', '.join(obs_keys)}, but the env gives flat arrays")
-    if int(np.prod(observation_space.shape)) != obs_dim:
-        raise OfftuneError(f"the env's observations have {int(np.prod(observation_space.shape))} numbers, the "
-                           f"checkpoint's {obs_dim}")
-    return np.arange(obs_dim)
-
-
-def fold_input_layer(layer: Layer, normalizer: Normalizer, columns: np.ndarray, obs_dim: int) -> Layer:
-    """Fold (x - μ)/(σ + ε) into the first Linear and lay its observation columns out in SB3's order.
-
-    Columns past ``obs_dim`` (a critic's action inputs) are kept as they are: SB3 feeds critics the
-    action in [-1, 1], as offtune does.
-    """
-    weight, bias = layer
-    mean = torch.as_tensor(normalizer.mean, dtype=torch.float64)
-    scale = torch.as_tensor(normalizer.std, dtype=torch.float64) + float(normalizer.eps)
-    observation_weight = weight[:, :obs_dim] / scale
-    folded_bias = bias - observation_weight @ mean
-    index = torch.as_tensor(columns)
-    used = index >= 0
-    sb3_weight = torch.zeros(weight.shape[0], len(columns), dtype=torch.float64)
-    sb3_weight[:, used] = observation_weight[:, index[used]]
-    return torch.cat([sb3_weight, weight[:, obs_dim:]], dim=1), folded_bias
-
-
-def _sequential_state(prefix: str, layers: list[Layer]) -> dict[str, torch.Tensor]:
-    """State-dict entries of SB3's ``create_mlp`` Sequential: Linears at indices 0, 2, 4, ..."""
-    state = {}
-    for index, (weight, bias) in enumerate(layers):
-        state[f"{prefix}.{2 * index}.weight"] = weight.float()
-        state[f"{prefix}.{2 * index}.bias"] = bias.float()
-    return state
-
-
-def sb3_state_dict(sb3_algo: str, actor: ActorLayers, critics: CriticLayers | None) -> dict[str, torch.Tensor]:
-    """The policy state-dict entries (SB3 names) this export sets, already folded and reordered."""
-    state: dict[str, torch.Tensor] = {}
-    if sb3_algo == "td3":
-        state.update(_sequential_state("actor.mu", [*actor.hidden, actor.mean]))
-        state.update(_sequential_state("actor_target.mu", actor.target or [*actor.hidden, actor.mean]))
-    else:
-        state.update(_sequential_state("actor.latent_pi", actor.hidden))
-        for name, (weight, bias) in (("mu", actor.mean), ("log_std", actor.log_std)):
-            state[f"actor.{name}.weight"], state[f"actor.{name}.bias"] = weight.float(), bias.float()
-    if critics is not None:
-        for prefix, members in (("critic", critics.members), ("critic_target", critics.targets)):
-            for index, layers in enumerate(members):
-                state.update(_sequential_state(f"{prefix}.qf{index}", layers))
-    return state
+def network_sizes(actor: ActorLayers, critics: CriticLayers | None) -> dict[str, Any]:
+    """SB3's ``policy_kwargs`` for networks shaped like offtune's: hidden widths (one list when actor and
+    critics agree, ``pi``/``qf`` lists when not) and the number of critics (SB3's 2 when none are exported)."""
+    actor_sizes = [layer.weight.shape[0] for layer in actor.hidden]
+    if critics is None:
+        return {"net_arch": actor_sizes, "n_critics": 2}
+    if critics.hidden_sizes == actor_sizes:
+        return {"net_arch": actor_sizes, "n_critics": len(critics.members)}
+    return {"net_arch": {"pi": actor_sizes, "qf": critics.hidden_sizes}, "n_critics": len(critics.members)}
 
 
 def _hyperparameters(loaded: LoadedAgent, sb3_algo: str, actor: ActorLayers) -> dict[str, Any]:
@@ -285,7 +196,7 @@ def _hyperparameters(loaded: LoadedAgent, sb3_algo: str, actor: ActorLayers) -> 
                           target_noise_clip=config.noise_clip)
             sigma = np.full(action_dim, config.exploration_noise)
         elif algo == "iql":
-            sigma = config.exploration_temperature * actor.log_std[1].exp().numpy()
+            sigma = config.exploration_temperature * actor.log_std.bias.exp().numpy()
         else:
             sigma = None
         if sigma is not None:
@@ -296,6 +207,25 @@ def _hyperparameters(loaded: LoadedAgent, sb3_algo: str, actor: ActorLayers) -> 
         params["ent_coef"] = f"auto_{alpha:.6g}" if config.automatic_entropy else config.alpha_multiplier
         params["target_entropy"] = float(agent.target_entropy)
     return params
+
+
+def _notes(algo: str, sb3_algo: str, actor: ActorLayers, critics_left_out: str | None) -> list[str]:
+    """Where the zip differs from the checkpoint, in words for the export's output."""
+    notes: list[str] = []
+    if algo == "misa":
+        notes.append("MISA clips its mean to [-9, 9] before tanh and SB3 does not: actions agree within 3e-8")
+    if sb3_algo == "sac" and algo == "iql":
+        notes.append("deterministic actions are exact; SB3 samples tanh(N(mu, sigma)) where IQL samples "
+                     "N(tanh mu, sigma)")
+    if sb3_algo == "td3" and actor.target is None:
+        notes.append(f"{algo.upper()} has no target actor: SB3's actor_target is a copy of the actor")
+    if critics_left_out is not None:
+        notes.append(f"critics not exported: {critics_left_out}; the zip holds SB3's freshly initialised critics")
+    return notes
+
+
+def _policy_name(observation_space: spaces.Space) -> str:
+    return "MultiInputPolicy" if isinstance(observation_space, spaces.Dict) else "MlpPolicy"
 
 
 class _SpacesOnly(gym.Env):
@@ -325,38 +255,24 @@ def probe_observations(observation_space: spaces.Space, obs_keys: list[str], nor
     return batch
 
 
-def _check_action_space(action_space: spaces.Space, loaded: LoadedAgent) -> None:
-    info = loaded.info
-    if not isinstance(action_space, spaces.Box) or int(np.prod(action_space.shape)) != info.action_dim:
-        raise OfftuneError(f"the env's action space {action_space} does not match the checkpoint's "
-                           f"{info.action_dim} continuous actions")
-    if not (np.allclose(np.ravel(action_space.low), info.action_low)
-            and np.allclose(np.ravel(action_space.high), info.action_high)):
-        raise OfftuneError("the env's action bounds differ from the dataset's, which the checkpoint was trained on")
+def _stock_model(sb3_algo: str, observation_space: spaces.Space, action_space: spaces.Space,
+                 policy_kwargs: dict[str, Any], hyperparameters: dict[str, Any]) -> Any:
+    """A freshly initialised SB3 TD3 or SAC for the env's own spaces."""
+    from stable_baselines3 import SAC, TD3
+
+    sb3_class = TD3 if sb3_algo == "td3" else SAC
+    return sb3_class(_policy_name(observation_space), _SpacesOnly(observation_space, action_space),
+                     policy_kwargs=policy_kwargs, device="cpu", **hyperparameters)
 
 
-def resolve_sb3_algo(algo: str, sb3_algo: str | None) -> str:
-    """The SB3 class for a checkpoint: the natural one by default, or the one asked for if it fits."""
-    if algo not in ACTORS:
-        raise OfftuneError(f"no SB3 export for algorithm '{algo}'")
-    if sb3_algo is None:
-        return DEFAULT_SB3_ALGO[algo]
-    sb3_algo = sb3_algo.lower()
-    if sb3_algo not in SB3_ALGOS:
-        raise OfftuneError(f"unknown SB3 algorithm '{sb3_algo}'; choose td3 or sac.{suggest(sb3_algo, SB3_ALGOS)}")
-    if algo == "spot" and sb3_algo == "sac":
-        raise OfftuneError("SPOT's actor is deterministic, and SAC needs the state-dependent standard deviation "
-                           "SPOT never learns; export it as td3")
-    return sb3_algo
-
-
-def _fold_actor(actor: ActorLayers, fold) -> ActorLayers:
-    """The actor with ``fold`` applied to whichever Linears read the observation."""
-    target = [fold(actor.target[0]), *actor.target[1:]] if actor.target is not None else None
-    if actor.hidden:
-        return ActorLayers([fold(actor.hidden[0]), *actor.hidden[1:]], actor.mean, actor.log_std, target)
-    log_std = fold(actor.log_std) if actor.log_std is not None else None
-    return ActorLayers([], fold(actor.mean), log_std, target)
+def _inject_weights(model: Any, updates: dict[str, torch.Tensor]) -> None:
+    """Load ``updates`` into the SB3 policy; a name SB3 lacks is a layout error, never silently dropped."""
+    state = model.policy.state_dict()
+    unknown = sorted(set(updates) - set(state))
+    if unknown:
+        raise OfftuneError(f"SB3's {type(model).__name__} has no parameters named {', '.join(unknown)}")
+    state.update(updates)
+    model.policy.load_state_dict(state)
 
 
 @dataclass
@@ -378,55 +294,19 @@ def build_sb3_model(
     action_space: spaces.Space,
     sb3_algo: str | None = None,
 ) -> SB3Model:
-    """A stock SB3 TD3/SAC for the env's own spaces, with the checkpoint's weights mapped into it."""
-    from stable_baselines3 import SAC, TD3
+    """A stock SB3 TD3/SAC for the env's own spaces, with the checkpoint's weights mapped into it.
 
-    sb3_algo = resolve_sb3_algo(loaded.algo, sb3_algo)
-    _check_action_space(action_space, loaded)
-    info, normalizer = loaded.info, loaded.normalizer
-    columns = feature_columns(observation_space, list(info.obs_keys), info.obs_dim)
-
-    def fold(layer: Layer) -> Layer:
-        return fold_input_layer(layer, normalizer, columns, info.obs_dim)
-
-    actor = _fold_actor(ACTORS[loaded.algo](loaded.agent), fold)
-    if sb3_algo == "sac" and actor.log_std is None:
-        raise OfftuneError(f"{loaded.algo}'s actor has no standard deviation for SAC; export it as td3")
-    critics, reason = critic_layers(loaded.agent)
-    notes: list[str] = []
-    if loaded.algo == "misa":
-        notes.append("MISA clips its mean to [-9, 9] before tanh and SB3 does not: actions agree within 3e-8")
-    if sb3_algo == "sac" and loaded.algo == "iql":
-        notes.append("deterministic actions are exact; SB3 samples tanh(N(mu, sigma)) where IQL samples "
-                     "N(tanh mu, sigma)")
-    if sb3_algo == "td3" and actor.target is None:
-        notes.append(f"{loaded.algo.upper()} has no target actor: SB3's actor_target is a copy of the actor")
-    actor_sizes = [weight.shape[0] for weight, _ in actor.hidden]
-    net_arch: Any = actor_sizes
-    n_critics = 2
-    if critics is None:
-        notes.append(f"critics not exported: {reason}; the zip holds SB3's freshly initialised critics")
-    else:
-        critics = CriticLayers([[fold(m[0]), *m[1:]] for m in critics.members],
-                               [[fold(m[0]), *m[1:]] for m in critics.targets])
-        if critics.hidden_sizes != actor_sizes:
-            net_arch = {"pi": actor_sizes, "qf": critics.hidden_sizes}
-        n_critics = len(critics.members)
-    policy_kwargs = {"net_arch": net_arch, "n_critics": n_critics}
-    policy_name = "MultiInputPolicy" if isinstance(observation_space, spaces.Dict) else "MlpPolicy"
+    In steps: check that the export fits, fold the normaliser into offtune's networks laid out as SB3's,
+    size SB3's networks like them, build the stock model, and inject the weights.
+    """
+    sb3_algo = _validate(loaded, action_space, sb3_algo)
+    actor, critics, critics_left_out = _folded_networks(loaded, observation_space, sb3_algo)
+    policy_kwargs = network_sizes(actor, critics)
     hyperparameters = _hyperparameters(loaded, sb3_algo, actor)
-    sb3_class = TD3 if sb3_algo == "td3" else SAC
-    model = sb3_class(policy_name, _SpacesOnly(observation_space, action_space), policy_kwargs=policy_kwargs,
-                      device="cpu", **hyperparameters)
-    state = model.policy.state_dict()
-    updates = sb3_state_dict(sb3_algo, actor, critics)
-    unknown = sorted(set(updates) - set(state))
-    if unknown:
-        raise OfftuneError(f"SB3's {sb3_algo.upper()} has no parameters named {', '.join(unknown)}")
-    state.update(updates)
-    model.policy.load_state_dict(state)
-    return SB3Model(model, sb3_algo, policy_name, policy_kwargs, _describe(hyperparameters), critics is not None,
-                    notes)
+    model = _stock_model(sb3_algo, observation_space, action_space, policy_kwargs, hyperparameters)
+    _inject_weights(model, sb3_state_dict(sb3_algo, actor, critics))
+    return SB3Model(model, sb3_algo, _policy_name(observation_space), policy_kwargs, _describe(hyperparameters),
+                    critics is not None, _notes(loaded.algo, sb3_algo, actor, critics_left_out))
 
 
 def export_sb3(
