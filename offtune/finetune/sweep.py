@@ -5,6 +5,9 @@ A sweep is a plan (:class:`SweepPlan`) expanded into runs (:class:`RunSpec`). Ea
 (what the run is doing, for the live table) and, when it fails, ``error.txt``. Runs execute as Ray tasks when
 Ray is installed, else one after another in this process. Everything a rerun needs is in those folders: a run
 whose fine-tuning ``final.pt`` exists is done and skipped; one with a checkpoint to continue from resumes.
+
+About 500 lines, kept together because the plan, its YAML form, the per-run state machine and the two
+executors (Ray, in-process) change together whenever a run's folder layout does.
 """
 
 from __future__ import annotations

@@ -11,6 +11,10 @@ bound's terms split across the networks, as in the official code (sail-sg/MISA `
   Hamiltonian Monte Carlo started at the dataset actions (``offtune.policies.hmc``).
 
 Each network is updated only by its own loss's gradient, from one forward pass per update.
+
+Longer than the other algorithms (about 500 lines) because it stays one file, as each algorithm does: the
+four MI-bound variants, the Lagrange form of the critic penalty and the online schedule all read next to
+the losses they change.
 """
 
 from __future__ import annotations
