@@ -1,9 +1,10 @@
-"""Export a checkpoint to where other tools run policies: an SB3 zip, optionally in rl-zoo3's layout.
+"""Export a checkpoint to where other tools run policies: an SB3 zip, optionally in rl-zoo3's layout, or
+the policy alone as an ONNX or TorchScript file.
 
-The network mapping lives in :mod:`offtune.policies.sb3`; this module adds what needs the live env: its
-own (unflattened) observation and action spaces, which SB3 must be built with, and for ``rl_zoo`` an
-evaluation of the checkpoint, stored the way rl-zoo3's ``EvalCallback`` and the Hugging Face packaging
-store theirs.
+The network mappings live in :mod:`offtune.policies.sb3` and :mod:`offtune.policies.portable`; this module
+adds what needs the live env: its own (unflattened) observation and action spaces, which SB3 must be built
+with, and for ``rl_zoo`` an evaluation of the checkpoint, stored the way rl-zoo3's ``EvalCallback`` and the
+Hugging Face packaging store theirs.
 
 rl-zoo3 finds a model as ``DIR/<algo>/<env>_<exp id>/<env>.zip`` with its settings in
 ``<env>_<exp id>/<env>/config.yml`` (``env_kwargs`` there are passed to ``gym.make``) and ``args.yml``;
@@ -29,9 +30,10 @@ from offtune.errors import OfftuneError, suggest
 from offtune.finetune.envs import make_env
 from offtune.finetune.evaluate import evaluate
 from offtune.policies.checkpoint import LoadedAgent, load_agent
+from offtune.policies.portable import PORTABLE_FORMATS, PortableExport, export_portable
 from offtune.policies.sb3 import SB3Export, export_sb3
 
-FORMATS = ("sb3",)
+FORMATS = ("sb3", *PORTABLE_FORMATS)
 
 
 @dataclass
@@ -53,8 +55,11 @@ class RlZooRun:
 
 @dataclass
 class ExportResult:
-    sb3: SB3Export
+    """What one export wrote: an SB3 zip (and maybe an rl-zoo3 folder), or an ONNX/TorchScript file."""
+
+    sb3: SB3Export | None = None
     rl_zoo: RlZooRun | None = None
+    portable: PortableExport | None = None
 
 
 def env_spaces(info: Any) -> tuple[spaces.Space, spaces.Space]:
@@ -154,7 +159,8 @@ def export(
     eval_episodes: int | None = None,
     seed: int = 0,
 ) -> ExportResult:
-    """Export ``checkpoint`` as an SB3 zip at ``out`` and/or as an rl-zoo3 experiment under ``rl_zoo``.
+    """Export ``checkpoint`` as an SB3 zip at ``out`` and/or as an rl-zoo3 experiment under ``rl_zoo``, or
+    (``format`` "onnx" or "torchscript") as a policy file at ``out``.
 
     ``eval_episodes`` (default: 100 on AntMaze, 10 elsewhere) and ``seed`` set the evaluation stored
     with an rl-zoo3 experiment.
@@ -163,6 +169,12 @@ def export(
 
     if format not in FORMATS:
         raise OfftuneError(f"unknown export format '{format}'; choose {', '.join(FORMATS)}.{suggest(format, FORMATS)}")
+    if format in PORTABLE_FORMATS:
+        if rl_zoo is not None or sb3_algo is not None:
+            raise OfftuneError(f"--rl-zoo and --sb3-algo belong to --format sb3, not {format}")
+        if out is None:
+            raise OfftuneError(f"say where to write the {format} file (-o)")
+        return ExportResult(portable=export_portable(load_agent(checkpoint, "cpu"), out, format))
     if out is None and rl_zoo is None:
         raise OfftuneError("say where to write the export: an output zip (-o) and/or an rl-zoo folder (--rl-zoo)")
     loaded = load_agent(checkpoint, "cpu")

@@ -64,14 +64,19 @@ class Policy:
         return flat
 
     @torch.no_grad()
-    def __call__(self, observation: Any) -> np.ndarray:
-        flat = self.flat_observations(observation)
-        single = flat.ndim == 1
-        normalized = self.loaded.normalizer(np.atleast_2d(flat)).astype(np.float32)
+    def act_flat(self, flat: np.ndarray) -> np.ndarray:
+        """Actions for a batch of flat raw observations ``(batch, obs_dim)``: the steps after flattening,
+        kept apart so that ONNX and TorchScript exports, whose input is this flat vector, are checked
+        against them."""
+        normalized = self.loaded.normalizer(flat).astype(np.float32)
         inputs = torch.as_tensor(normalized, device=self.loaded.device)
         actions = self.loaded.agent.act(inputs, deterministic=True).cpu().numpy()
-        env_actions = scale_actions(actions, self.action_low, self.action_high).astype(np.float32)
-        return env_actions[0] if single else env_actions
+        return scale_actions(actions, self.action_low, self.action_high).astype(np.float32)
+
+    def __call__(self, observation: Any) -> np.ndarray:
+        flat = self.flat_observations(observation)
+        actions = self.act_flat(np.atleast_2d(flat))
+        return actions[0] if flat.ndim == 1 else actions
 
     def __repr__(self) -> str:
         return f"Policy({self.algo} on {self.info.name}, step {self.loaded.step}, from {self.loaded.path})"
