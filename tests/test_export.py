@@ -25,7 +25,7 @@ from stable_baselines3.common.vec_env import DummyVecEnv
 import offtune
 from offtune.buffers.datasets import DatasetInfo
 from offtune.buffers.gym_make import make_gym_env
-from offtune.buffers.transforms import Normalizer
+from offtune.buffers.transforms import Normalizer, RewardTransform
 from offtune.cli.main import _register, cli
 from offtune.errors import OfftuneError
 from offtune.finetune import trainer
@@ -338,10 +338,12 @@ def test_flat_observations_and_asymmetric_bounds(algo, hidden, sb3_algo):
     config = config(hidden_dims=hidden)
     info = DatasetInfo("toy", "toy/toy-v0", "locomotion", None, [], 5, 2, [-2.0, 0.0], [2.0, 1.0], "{}", "{}")
     normalizer = Normalizer(np.arange(5, dtype=np.float32), np.linspace(0.1, 3, 5).astype(np.float32), 1e-3)
+    transform = RewardTransform(0.25, 0.0, "locomotion_return_scale").to_dict()
     loaded = LoadedAgent(agent_cls(5, 2, config, torch.device("cpu")), algo, config, info, normalizer,
-                         torch.device("cpu"), 0, "toy.pt", {})
+                         torch.device("cpu"), 0, "toy.pt", {"reward_transform": transform})
     observation_space = gym.spaces.Box(-np.inf, np.inf, (5,), np.float64)
     action_space = gym.spaces.Box(np.array([-2.0, 0.0], np.float32), np.array([2.0, 1.0], np.float32))
     built = build_sb3_model(loaded, observation_space, action_space, sb3_algo)
     assert built.policy == "MlpPolicy" and built.policy_kwargs["net_arch"] == list(hidden)
+    assert built.reward_transform == transform
     assert parity_error(built.model, Policy(loaded), observation_space) < 1e-6

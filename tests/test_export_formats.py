@@ -1,13 +1,16 @@
 """ONNX and TorchScript export: the IQL, SPOT and MISA checkpoints of ``test_export`` (tiny agents
 pretrained on PointMaze), run by onnxruntime and ``torch.jit.load`` in a Python process that cannot import
-offtune, compared with ``offtune.load_policy`` on observations of the live env."""
+offtune, compared with ``offtune.load_policy`` on observations of the live env. Also what the SB3 zip
+records about rewards, and the command's load hint."""
 
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import textwrap
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +20,7 @@ import pytest
 import test_export
 import torch
 from click.testing import CliRunner
+from stable_baselines3 import SAC, TD3
 from test_export import _live_observations, _misa_with_layer_norm
 
 import offtune
@@ -24,10 +28,11 @@ from offtune.buffers.datasets import DatasetInfo
 from offtune.buffers.transforms import Normalizer
 from offtune.cli.main import _register, cli
 from offtune.errors import OfftuneError
-from offtune.policies.checkpoint import LoadedAgent, load_agent
+from offtune.policies.checkpoint import LoadedAgent, load_agent, load_checkpoint
 from offtune.policies.iql import IQLAgent, IQLConfig
 from offtune.policies.policy import Policy
 from offtune.policies.portable import METADATA_KEY, export_portable
+from offtune.policies.sb3 import REWARD_TRANSFORM_KEY
 
 REPO = Path(__file__).resolve().parents[1]
 checkpoints = test_export.checkpoints
@@ -169,3 +174,23 @@ def test_bad_formats_and_paths_are_one_line_errors(checkpoints, tmp_path):
         assert result.exit_code == 2 and message in result.output, result.output
         assert "Traceback" not in result.output
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
+
+
+def test_sb3_zip_records_the_reward_transform(checkpoints, tmp_path, monkeypatch):
+    """Stored in the zip's ``data``, restored by ``SAC.load`` / ``TD3.load``, and said by the command; the
+    load hint keeps the folder."""
+    monkeypatch.chdir(tmp_path)
+    _register()
+    result = CliRunner().invoke(cli, ["export", str(checkpoints["iql"]), "-o", "o/x.zip"])
+    assert result.exit_code == 0, result.output
+    text = re.sub(r"[\s│]+", " ", result.output)
+    assert "SAC.load('o/x.zip')" in text
+    assert "critics trained on rewards r -> 1*r - 1 (antmaze_minus_one)" in text and "raw rewards differ" in text
+    with zipfile.ZipFile("o/x.zip") as archive:
+        data = json.loads(archive.read("data"))
+    expected = {"scale": 1.0, "shift": -1.0, "name": "antmaze_minus_one"}
+    assert data[REWARD_TRANSFORM_KEY] == expected
+    assert getattr(SAC.load("o/x.zip", device="cpu"), REWARD_TRANSFORM_KEY) == expected
+    spot = offtune.export(checkpoints["spot"], tmp_path / "spot.zip").sb3
+    stored = getattr(TD3.load(spot.path, device="cpu"), REWARD_TRANSFORM_KEY)
+    assert stored == load_checkpoint(checkpoints["spot"])["reward_transform"] == spot.reward_transform

@@ -53,9 +53,10 @@ def _print_sb3(result: ExportResult) -> None:
     exported = result.sb3
     table = Table(title=f"SB3 {exported.sb3_class} export", show_header=False)
     table.add_row("zip", f"[bold]{exported.path}[/]")
-    table.add_row("load with", f"stable_baselines3.{exported.sb3_class}.load('{exported.path.name}')")
+    table.add_row("load with", f"stable_baselines3.{exported.sb3_class}.load('{exported.path}')")
     table.add_row("policy", f"{exported.policy} {exported.policy_kwargs}")
     table.add_row("critics", "exported" if exported.critics else "not exported (SB3's fresh critics)")
+    table.add_row("rewards", exported.rewards())
     table.add_row("parity", f"max |SB3 - offtune| action {exported.max_action_error:.1e} of the half range")
     if result.rl_zoo is not None:
         zoo = result.rl_zoo

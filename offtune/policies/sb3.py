@@ -101,6 +101,9 @@ SB3_ALGOS = ("td3", "sac")
 DEFAULT_SB3_ALGO = {"iql": "sac", "spot": "td3", "misa": "sac"}
 PARITY_TOLERANCE = 1e-5
 """Largest accepted |SB3 action - offtune action| per unit of half the action range."""
+REWARD_TRANSFORM_KEY = "offtune_reward_transform"
+"""The model attribute, saved in the zip's ``data`` and restored by ``load``, that records the reward
+transform ({scale, shift, name}: r -> scale * r + shift) the critics were trained on."""
 
 
 @dataclass
@@ -114,11 +117,22 @@ class SB3Export:
     hyperparameters: dict[str, Any]
     critics: bool
     max_action_error: float
+    reward_transform: dict[str, Any]
     notes: list[str] = field(default_factory=list)
 
     @property
     def sb3_class(self) -> str:
         return self.sb3_algo.upper()
+
+    def rewards(self) -> str:
+        """Which rewards the critics were trained on, in words: SB3 would go on training them on raw rewards."""
+        scale, shift, name = (self.reward_transform[key] for key in ("scale", "shift", "name"))
+        whose = "critics" if self.critics else "offtune's critics (not in the zip)"
+        if scale == 1.0 and shift == 0.0:
+            return f"{whose} trained on untransformed rewards r"
+        sign = "-" if shift < 0 else "+"
+        return (f"{whose} trained on rewards r -> {scale:.6g}*r {sign} {abs(shift):.6g} ({name}), recorded in the "
+                f"zip as {REWARD_TRANSFORM_KEY}; SB3's raw rewards differ")
 
 
 # --- building the SB3 model --------------------------------------------------------------------------------
@@ -265,6 +279,13 @@ def _stock_model(sb3_algo: str, observation_space: spaces.Space, action_space: s
                      policy_kwargs=policy_kwargs, device="cpu", **hyperparameters)
 
 
+def _record_reward_transform(model: Any, loaded: LoadedAgent) -> dict[str, Any]:
+    """Store the checkpoint's reward transform on the model, where SB3's ``save`` writes it into the zip."""
+    transform = {key: loaded.checkpoint["reward_transform"][key] for key in ("scale", "shift", "name")}
+    setattr(model, REWARD_TRANSFORM_KEY, transform)
+    return transform
+
+
 def _inject_weights(model: Any, updates: dict[str, torch.Tensor]) -> None:
     """Load ``updates`` into the SB3 policy; a name SB3 lacks is a layout error, never silently dropped."""
     state = model.policy.state_dict()
@@ -285,6 +306,7 @@ class SB3Model:
     policy_kwargs: dict[str, Any]
     hyperparameters: dict[str, Any]
     critics: bool
+    reward_transform: dict[str, Any]
     notes: list[str]
 
 
@@ -297,7 +319,7 @@ def build_sb3_model(
     """A stock SB3 TD3/SAC for the env's own spaces, with the checkpoint's weights mapped into it.
 
     In steps: check that the export fits, fold the normaliser into offtune's networks laid out as SB3's,
-    size SB3's networks like them, build the stock model, and inject the weights.
+    size SB3's networks like them, build the stock model, inject the weights, and record the reward transform.
     """
     sb3_algo = _validate(loaded, action_space, sb3_algo)
     actor, critics, critics_left_out = _folded_networks(loaded, observation_space, sb3_algo)
@@ -306,7 +328,8 @@ def build_sb3_model(
     model = _stock_model(sb3_algo, observation_space, action_space, policy_kwargs, hyperparameters)
     _inject_weights(model, sb3_state_dict(sb3_algo, actor, critics))
     return SB3Model(model, sb3_algo, _policy_name(observation_space), policy_kwargs, _describe(hyperparameters),
-                    critics is not None, _notes(loaded.algo, sb3_algo, actor, critics_left_out))
+                    critics is not None, _record_reward_transform(model, loaded),
+                    _notes(loaded.algo, sb3_algo, actor, critics_left_out))
 
 
 def export_sb3(
@@ -340,7 +363,7 @@ def export_sb3(
     finally:
         Path(temporary).unlink(missing_ok=True)
     return SB3Export(path, built.sb3_algo, built.policy, built.policy_kwargs, built.hyperparameters, built.critics,
-                     error, built.notes)
+                     error, built.reward_transform, built.notes)
 
 
 def parity_error(model: Any, policy: Policy, observation_space: spaces.Space) -> float:
