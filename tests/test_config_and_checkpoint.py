@@ -27,6 +27,8 @@ def test_overrides_are_typed():
         ["learning_rate=1e-3", "hidden_dims=64,64", "online_discount=0.995", "use_layer_norm=true", "steps=1e3"]
     ))
     assert config == ToyConfig(1e-3, (64, 64), 0.995, True, 1000)
+    assert apply_overrides(ToyConfig(), {"hidden_dims": "[32, 16]"}).hidden_dims == (32, 16)
+    assert apply_overrides(ToyConfig(), {"hidden_dims": 8}).hidden_dims == (8,)
     assert config_from_dict(ToyConfig, config_to_dict(config)) == config
 
 
@@ -55,7 +57,12 @@ def minimal_payload() -> dict:
         (MISAConfig, {"n_actions": "0"}, "n_actions must be at least 1"),
         (MISAConfig, {"temperature": "0"}, "temperature must be positive, got 0.0"),
         (MISAConfig, {"dataset_action_clip": "0"}, "dataset_action_clip must be positive"),
-        (IQLConfig, {"actor_lr": "nan"}, "actor_lr must be at least 0.0, got nan"),
+        (IQLConfig, {"actor_lr": "nan"}, "actor_lr must be a finite number, got nan"),
+        (IQLConfig, {"critic_lr": "inf"}, "critic_lr must be a finite number, got inf"),
+        (IQLConfig, {"log_std_min": "5"}, "log_std_min must be below log_std_max, got 5.0 and 2.0"),
+        (IQLConfig, {"hidden_dims": "[256,abc]"}, "hidden_dims=.256,abc.: expected a comma-separated list of int"),
+        (IQLConfig, {"batch_size": "inf"}, "batch_size=inf: expected a value of type int"),
+        (IQLConfig, {"batch_size": "2.5e0"}, "batch_size=2.5e0: expected a value of type int"),
     ],
 )
 def test_out_of_range_settings_are_refused_by_name(config_cls, setting, message):

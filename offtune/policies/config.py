@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-import json
+import math
 import types
 import typing
 from collections.abc import Callable
@@ -32,13 +32,14 @@ def _coerce(key: str, value: Any, annotation: Any) -> Any:
                 last_error = error
         raise last_error or OfftuneError(f"bad value for {key}")
     if origin in (tuple, list):
-        if isinstance(value, str):
-            text = value.strip()
-            items = json.loads(text) if text.startswith("[") else [v for v in text.strip("()").split(",") if v]
-        else:
-            items = list(value)
         (item_type, *_) = typing.get_args(annotation) or (Any,)
-        coerced = [_coerce(key, v, item_type) for v in items]
+        items = value if isinstance(value, (tuple, list)) else _split_list(str(value))
+        try:
+            coerced = [_coerce(key, v, item_type) for v in items]
+        except OfftuneError:
+            name = getattr(item_type, "__name__", str(item_type))
+            raise OfftuneError(f"--set {key}={value}: expected a comma-separated list of {name}, like 256,256"
+                               ) from None
         return tuple(coerced) if origin is tuple else coerced
     try:
         if annotation is bool:
@@ -50,17 +51,41 @@ def _coerce(key: str, value: Any, annotation: Any) -> Any:
                 return False
             raise ValueError(value)
         if annotation is int:
-            if isinstance(value, float) and not value.is_integer():
+            whole = float(value) if isinstance(value, str) and "e" in value.lower() else value
+            if isinstance(whole, float) and not whole.is_integer():
                 raise ValueError(value)
-            return int(float(value)) if isinstance(value, str) and "e" in value.lower() else int(value)
+            return int(whole)
         if annotation is float:
-            return float(value)
+            number = float(value)
+            if not math.isfinite(number):
+                raise OfftuneError(f"{key} must be a finite number, got {value}")
+            return number
         if annotation is str:
             return str(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         name = getattr(annotation, "__name__", str(annotation))
         raise OfftuneError(f"--set {key}={value}: expected a value of type {name}") from None
     return value
+
+
+def _split_list(text: str) -> list[str]:
+    """``256,256``, ``(256, 256)`` or ``[256, 256]`` -> the items as strings."""
+    text = text.strip()
+    if text[:1] in ("[", "(") and text[-1:] in ("]", ")"):
+        text = text[1:-1]
+    return [item.strip() for item in text.split(",") if item.strip()]
+
+
+def _check_bounds(config: Any) -> None:
+    """A pair of settings ``X_min`` and ``X_max`` must leave room between them (the algorithm clamps to it)."""
+    names = {f.name for f in dataclasses.fields(config)}
+    for low_name in sorted(name for name in names if name.endswith("_min")):
+        high_name = low_name.removesuffix("_min") + "_max"
+        if high_name not in names:
+            continue
+        low, high = getattr(config, low_name), getattr(config, high_name)
+        if low is not None and high is not None and not low < high:
+            raise OfftuneError(f"{low_name} must be below {high_name}, got {low} and {high}")
 
 
 def _require(config: Any, names: tuple[str, ...], holds: Callable[[float], bool], rule: str) -> None:
@@ -99,7 +124,9 @@ def apply_overrides(config: Any, overrides: dict[str, Any]) -> Any:
                 f"{suggest(key, types_by_name)}"
             )
         changes[key] = _coerce(key, value, types_by_name[key])
-    return dataclasses.replace(config, **changes)
+    config = dataclasses.replace(config, **changes)
+    _check_bounds(config)
+    return config
 
 
 def parse_assignments(pairs: typing.Iterable[str]) -> dict[str, str]:
