@@ -2,6 +2,9 @@
 
 ``PretrainSettings`` is what the user asked for, or what the checkpoint being resumed recorded;
 ``OfflineRun`` holds the loop's named state and ``OfflineRun.update_step`` is one step of it.
+
+``last.pt`` is written at every evaluation and, between them, every ``checkpoint_minutes`` of wall-clock
+time, SPOT's VAE stage included; resuming from any of them gives the weights of an uninterrupted run.
 """
 
 from __future__ import annotations
@@ -19,19 +22,28 @@ from offtune.buffers.replay import ReplayBuffer
 from offtune.errors import OfftuneError
 from offtune.finetune.evaluate import evaluate
 from offtune.finetune.runs import (
+    CHECKPOINT_MINUTES,
     EVALUATION_SEED_OFFSET,
+    LAST,
     PreparedData,
+    Recorded,
     RunResult,
     algorithm,
     build_config,
+    check_batch_memory,
+    check_minutes,
     checkpoint_payload,
     default_eval_episodes,
     default_run_dir,
     device_and_precision,
+    diverged,
     new_run_dir,
     open_run_directory,
     prepare_offline,
+    recorded_run,
+    require_finite_weights,
     same_dataset,
+    transition_bytes,
 )
 from offtune.finetune.runtime import (
     GracefulStop,
@@ -39,13 +51,18 @@ from offtune.finetune.runtime import (
     MetricAverager,
     Progress,
     SilentProgress,
+    StopRequested,
+    check_memory,
+    check_seed,
+    first_non_finite,
+    ignoring_ctrl_c,
     log_interval,
     seed_everything,
     set_rng_state,
 )
-from offtune.finetune.scores import RunDirectory
+from offtune.finetune.scores import RunDirectory, require_logger
 from offtune.policies.base import Agent
-from offtune.policies.checkpoint import load_checkpoint, save_checkpoint
+from offtune.policies.checkpoint import save_checkpoint
 from offtune.policies.config import config_from_dict
 
 
@@ -62,6 +79,8 @@ class PretrainSettings:
     device: str
     matmul_precision: str
     label: str | None = None
+    checkpoint_minutes: float = CHECKPOINT_MINUTES
+    """Wall-clock minutes between two ``last.pt`` (besides those at evaluations); resuming may change it."""
 
     def to_dict(self) -> dict[str, Any]:
         values = {"phase": "offline", **asdict(self)}
@@ -79,12 +98,17 @@ class OfflineRun:
         self.settings, self.config, self.info, self.prepared = settings, config, info, prepared
         self.agent, self.buffer, self.directory, self.device, self.progress = agent, buffer, directory, device, progress
         self.step = 0
+        self.stage_step = 0
+        """Updates of the algorithm's first stage (SPOT's VAE) done so far."""
         self.evaluations: list[dict[str, Any]] = []
         self.averager = MetricAverager()
         self.stage_averager = MetricAverager()
         self.log_every = log_interval(settings.steps)
         self.stop = GracefulStop()
         self.first_step, self.started = 0, time.perf_counter()
+        self.last_checkpoint: tuple[Path, int] | None = None
+        """``last.pt`` and its step: where the run continues from if it stops now."""
+        self.next_checkpoint = time.monotonic() + settings.checkpoint_minutes * 60
 
     def restore(self, checkpoint: dict[str, Any]) -> None:
         """Continue where ``checkpoint`` (this run's ``last.pt``) stopped, forgetting what was logged after it."""
@@ -92,14 +116,21 @@ class OfflineRun:
         set_rng_state(checkpoint["rng"])
         self.buffer.generator.set_state(checkpoint["buffer_generator"])
         self.step = checkpoint["step"]
-        self.directory.truncate_after("offline", self.step)
-        self.evaluations = [e for e in self.directory.scores["evaluations"] if e["phase"] == "offline"]
+        self.stage_step = checkpoint.get("stage_step", 0)
+        self.evaluations = [e for e in checkpoint["scores"] if e["phase"] == "offline"]
+        self.directory.restart_from("offline", self.step, {"rule": self.info.score_rule.describe(),
+                                                           "evaluations": list(self.evaluations)})
+        self.last_checkpoint = (Path(checkpoint["path"]), self.step)
+
+    def start_over(self) -> None:
+        """A run that stopped before its first checkpoint begins again, without what it logged."""
+        self.directory.restart_from("offline", 0, {"evaluations": []})
 
     def train(self) -> None:
         """The algorithm's own first stage (SPOT's VAE), then updates up to ``settings.steps``."""
         stage_steps = getattr(self.config, "vae_steps", 0)
         if stage_steps and self.step == 0:
-            self.progress.stage("VAE", stage_steps)
+            self.progress.stage("VAE", stage_steps, self.stage_step)
         self.agent.prepare(lambda count: self.buffer.sample(count), self._stage_step_done)
         self.agent.on_offline_start(self.settings.steps)
         self.progress.stage(f"{self.settings.algo.upper()} offline", self.settings.steps, self.step)
@@ -118,18 +149,23 @@ class OfflineRun:
             self.log()
         if self.step % self.settings.eval_every == 0 or last:
             self.evaluate()
-            self.save("last.pt")
+            self.save(LAST)
             if not last:
                 self.save(f"step_{self.step}.pt")
+        elif time.monotonic() >= self.next_checkpoint:
+            self.save(LAST)
 
     def log(self) -> None:
         count = self.averager.count
         metrics = self.averager.flush()
+        if (key := first_non_finite(metrics)) is not None:
+            raise diverged(self.step, f"{key} is {metrics[key]}", self.last_checkpoint)
         metrics["updates_per_s"] = (self.step - self.first_step) / max(time.perf_counter() - self.started, 1e-9)
         self.directory.log_metrics(self.step, "offline", metrics)
         self.progress.advance(count, metrics)
 
     def evaluate(self) -> None:
+        require_finite_weights(self.agent, self.step, self.last_checkpoint)
         result = evaluate(self.agent, self.info, self.prepared.normalizer, self.settings.eval_episodes,
                           self.settings.seed + EVALUATION_SEED_OFFSET, self.device)
         entry = self.directory.add_evaluation("offline", self.step, result.summary(), self.info.score_rule.describe())
@@ -137,39 +173,52 @@ class OfflineRun:
         self.progress.evaluation("offline", self.step, entry)
 
     def save(self, name: str) -> Path:
+        """A checkpoint of the whole state between two updates; weights with NaN are never saved."""
+        require_finite_weights(self.agent, self.step, self.last_checkpoint)
         payload = checkpoint_payload(self.settings.algo, self.config, self.info, self.prepared, self.agent,
                                       "offline", self.step, self.evaluations, run=self.settings.to_dict(),
-                                      buffer_generator=self.buffer.generator.get_state())
-        return save_checkpoint(self.directory.checkpoints / name, payload)
+                                      buffer_generator=self.buffer.generator.get_state(), stage_step=self.stage_step)
+        path = save_checkpoint(self.directory.checkpoints / name, payload)
+        if name == LAST:
+            self.last_checkpoint = (path, self.step)
+            self.next_checkpoint = time.monotonic() + self.settings.checkpoint_minutes * 60
+        return path
 
     def _stage_step_done(self, stage_step: int, metrics: dict[str, torch.Tensor]) -> None:
-        """Called by ``agent.prepare`` after each of its updates: Ctrl-C and the stage's progress bar."""
+        """Called by ``agent.prepare`` after each of its updates, a point where the state is whole: Ctrl-C, the
+        stage's progress bar, its divergence check and its wall-clock checkpoints."""
         self.stop.check()
+        self.stage_step = stage_step
         self.stage_averager.add(metrics)
         if stage_step % 100 == 0:
             count = self.stage_averager.count
-            self.progress.advance(count, self.stage_averager.flush())
+            means = self.stage_averager.flush()
+            if (key := first_non_finite(means)) is not None:
+                raise diverged(self.step, f"{key} is {means[key]} in the first stage", self.last_checkpoint)
+            self.progress.advance(count, means)
+        if time.monotonic() >= self.next_checkpoint:
+            self.save(LAST)
 
 
 def _resumed_pretrain_settings(resume: str | Path, algo: str | None, dataset: str | None, device: str,
-                               matmul_precision: str | None) -> tuple[PretrainSettings, dict[str, Any]]:
-    """The settings the interrupted run recorded (device and precision may change), and its checkpoint."""
-    checkpoint = load_checkpoint(Path(resume) / "checkpoints" / "last.pt")
-    if checkpoint["phase"] != "offline":
-        raise OfftuneError(f"{resume} holds a fine-tuning run; resume it with `offtune finetune --resume`")
-    if algo is not None and algo.lower() != checkpoint["algo"]:
-        raise OfftuneError(f"{resume} holds a run of {checkpoint['algo']}, not {algo}: leave ALGO out to resume it")
-    if dataset is not None and not same_dataset(dataset, checkpoint["dataset"]):
-        raise OfftuneError(f"{resume} holds a run on {checkpoint['dataset']['minari_id']}, not {dataset}: "
+                               matmul_precision: str | None,
+                               checkpoint_minutes: float | None) -> tuple[PretrainSettings, Recorded]:
+    """The settings the interrupted run recorded (device, precision and checkpoint interval may change)."""
+    recorded = recorded_run(resume, "offline")
+    if algo is not None and algo.lower() != recorded.algo:
+        raise OfftuneError(f"{resume} holds a run of {recorded.algo}, not {algo}: leave ALGO out to resume it")
+    if dataset is not None and not same_dataset(dataset, recorded.dataset):
+        raise OfftuneError(f"{resume} holds a run on {recorded.dataset['minari_id']}, not {dataset}: "
                            "leave DATASET out to resume it")
-    recorded = checkpoint["run"]
-    torch_device, precision = device_and_precision(device, matmul_precision or recorded.get("matmul_precision"))
+    run = recorded.run
+    torch_device, precision = device_and_precision(device, matmul_precision or run.get("matmul_precision"))
     settings = PretrainSettings(
-        algo=checkpoint["algo"], dataset=recorded["dataset"], seed=recorded["seed"], steps=recorded["steps"],
-        eval_every=recorded["eval_every"], eval_episodes=recorded["eval_episodes"], device=str(torch_device),
-        matmul_precision=precision, label=recorded.get("label"),
+        algo=recorded.algo, dataset=run["dataset"], seed=run["seed"], steps=run["steps"],
+        eval_every=run["eval_every"], eval_episodes=run["eval_episodes"], device=str(torch_device),
+        matmul_precision=precision, label=run.get("label"),
+        checkpoint_minutes=check_minutes(checkpoint_minutes or run.get("checkpoint_minutes", CHECKPOINT_MINUTES)),
     )
-    return settings, checkpoint
+    return settings, recorded
 
 
 def pretrain(
@@ -192,50 +241,69 @@ def pretrain(
     download: bool = False,
     progress: Progress | None = None,
     label: str | None = None,
+    checkpoint_minutes: float | None = None,
 ) -> RunResult:
-    """Offline phase: ``steps`` actor-critic updates on ``dataset`` (SPOT trains its VAE first)."""
+    """Offline phase: ``steps`` actor-critic updates on ``dataset`` (SPOT trains its VAE first).
+
+    ``resume`` continues the run in that folder from its ``last.pt``, or starts it over from its
+    ``config.json`` when it stopped before its first checkpoint.
+    """
+    require_logger(logger)
     checkpoint = None
     if resume is not None:
-        settings, checkpoint = _resumed_pretrain_settings(resume, algo, dataset, device, matmul_precision)
+        settings, recorded = _resumed_pretrain_settings(resume, algo, dataset, device, matmul_precision,
+                                                        checkpoint_minutes)
+        checkpoint = recorded.checkpoint
         # The exact Minari id it trained on, whatever other versions are local by now.
-        data = datasets.load(checkpoint["dataset"]["minari_id"], task_mode=checkpoint["dataset"]["task_mode"],
+        data = datasets.load(recorded.dataset["minari_id"], task_mode=recorded.dataset["task_mode"],
                              download=download)
-        config = config_from_dict(algorithm(settings.algo)[0], checkpoint["config"])
+        config = config_from_dict(algorithm(settings.algo)[0], recorded.config)
         run_path = Path(resume)
     else:
         if algo is None or dataset is None:
             raise OfftuneError("give an algorithm and a dataset to pretrain, or --resume DIR")
         if steps < 1:
             raise OfftuneError("--steps must be positive")
+        check_seed(seed)
         algorithm(algo)
         torch_device, precision = device_and_precision(device, matmul_precision)
+        run_path = new_run_dir(out, default_run_dir(algo.lower(), dataset, seed))
         data = datasets.load(dataset, task_mode=task_mode, download=download)
         settings = PretrainSettings(
             algo=algo.lower(), dataset=dataset, seed=seed, steps=steps, eval_every=eval_every or min(50_000, steps),
             eval_episodes=eval_episodes or default_eval_episodes(data.info), device=str(torch_device),
             matmul_precision=precision, label=label,
+            checkpoint_minutes=check_minutes(checkpoint_minutes or CHECKPOINT_MINUTES),
         )
         sets = {**(overrides or {}), **({"batch_size": batch_size} if batch_size else {})}
         config = build_config(settings.algo, data.info, sets, config_file)
-        run_path = new_run_dir(out, default_run_dir(settings.algo, dataset, seed))
     info, torch_device = data.info, torch.device(settings.device)
-    directory = open_run_directory(run_path, logger, settings, config, info)
-
-    seed_everything(settings.seed)
-    prepared = prepare_offline(data, config)
-    buffer = ReplayBuffer(info.obs_dim, info.action_dim, prepared.transitions, device=torch_device, seed=settings.seed)
-    agent = algorithm(settings.algo)[1](info.obs_dim, info.action_dim, config, torch_device)
-    run = OfflineRun(settings, config, info, prepared, agent, buffer, directory, torch_device,
-                     progress or SilentProgress())
-    if checkpoint is not None:
-        run.restore(checkpoint)
+    check_batch_memory(config, info, torch_device)
+    check_memory(len(data.rewards) * transition_bytes(info), torch_device,
+                 f"the replay buffer of {len(data.rewards):,} transitions", "use a machine with more memory")
+    directory = open_run_directory(run_path, logger, settings, config, info, fresh=resume is None)
     try:
-        with run.stop:
-            run.train()
-    except KeyboardInterrupt:
-        path = run.save("last.pt")
+        seed_everything(settings.seed)
+        prepared = prepare_offline(data, config)
+        buffer = ReplayBuffer(info.obs_dim, info.action_dim, prepared.transitions, device=torch_device,
+                              seed=settings.seed)
+        agent = algorithm(settings.algo)[1](info.obs_dim, info.action_dim, config, torch_device)
+        run = OfflineRun(settings, config, info, prepared, agent, buffer, directory, torch_device,
+                         progress or SilentProgress())
+        if checkpoint is not None:
+            run.restore(checkpoint)
+        else:
+            run.start_over()
+        try:
+            with run.stop:
+                run.train()
+        except StopRequested:
+            with ignoring_ctrl_c():
+                run.save(LAST)
+            raise Interrupted(directory.path, run.step, *run.last_checkpoint) from None
+        except KeyboardInterrupt:
+            raise Interrupted(directory.path, run.step, *(run.last_checkpoint or (None, None))) from None
+        final = run.save("final.pt")
+    finally:
         directory.close()
-        raise Interrupted(path, run.step) from None
-    final = run.save("final.pt")
-    directory.close()
     return RunResult(directory.path, final, run.evaluations, directory.scores)

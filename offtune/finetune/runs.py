@@ -17,10 +17,17 @@ from offtune.buffers.replay import Batch
 from offtune.buffers.transforms import Normalizer, RewardTransform, reward_transform
 from offtune.errors import OfftuneError, suggest
 from offtune.finetune.evaluate import from_env_actions
-from offtune.finetune.runtime import limit_cpu_threads, resolve_device, rng_state, set_matmul_precision
-from offtune.finetune.scores import RunDirectory, read_yaml_mapping
+from offtune.finetune.runtime import (
+    check_memory,
+    first_non_finite_tensor,
+    limit_cpu_threads,
+    rng_state,
+    set_matmul_precision,
+)
+from offtune.finetune.scores import RunDirectory, read_json, read_yaml_mapping
 from offtune.policies import ALGORITHMS
 from offtune.policies.base import Agent
+from offtune.policies.checkpoint import load_checkpoint, resolve_device
 from offtune.policies.config import apply_overrides, config_to_dict
 from offtune.policies.presets import preset
 
@@ -28,6 +35,11 @@ EVALUATION_SEED_OFFSET = 10_000
 """Evaluation episodes are seeded with the run's seed plus this, apart from the seeds training draws."""
 
 MAZE_FAMILIES = ("antmaze", "pointmaze")
+
+CHECKPOINT_MINUTES = 10.0
+"""Default wall-clock interval of ``last.pt`` between evaluations (and during SPOT's VAE stage)."""
+
+LAST = "last.pt"
 
 
 @dataclass
@@ -106,9 +118,91 @@ def default_run_dir(algo: str, dataset: str, seed: int, suffix: str = "") -> Pat
 def new_run_dir(out: str | Path | None, default: Path) -> Path:
     """The run directory of a fresh run; one that already holds a run is never mixed into."""
     path = Path(out) if out is not None else default
-    if (path / "config.json").exists():
-        raise OfftuneError(f"{path} already holds a run; continue it with --resume {path} or choose another --out")
+    refuse_existing_run(path)
     return path
+
+
+def refuse_existing_run(path: Path) -> None:
+    if not (path / "config.json").exists():
+        return
+    if (path / "checkpoints" / LAST).exists():
+        raise OfftuneError(f"{path} already holds a run; continue it with --resume {path} or choose another --out")
+    raise OfftuneError(f"{path} already holds a run that has no checkpoint yet (it stopped before its first one, or "
+                       f"is still running); start it over with --resume {path}, or choose another --out")
+
+
+@dataclass
+class Recorded:
+    """What ``--resume DIR`` continues: the run's ``last.pt``, or for a run that stopped before its first
+    checkpoint, its ``config.json`` (``checkpoint`` is None and the run starts over with its own settings)."""
+
+    run: dict[str, Any]
+    """The settings the run recorded (``PretrainSettings.to_dict()`` or ``FinetuneSettings.to_dict()``)."""
+    algo: str
+    config: dict[str, Any]
+    dataset: dict[str, Any]
+    checkpoint: dict[str, Any] | None
+
+
+def recorded_run(resume: str | Path, phase: str) -> Recorded:
+    """The run in folder ``resume``, refused unless it is a run of ``phase`` ("offline" or "online")."""
+    path = Path(resume)
+    if (path / "checkpoints" / LAST).exists():
+        checkpoint = load_checkpoint(path / "checkpoints" / LAST)
+        recorded = Recorded(checkpoint["run"], checkpoint["algo"], checkpoint["config"], checkpoint["dataset"],
+                            checkpoint)
+    elif (path / "config.json").exists():
+        try:
+            saved = read_json(path / "config.json")
+            recorded = Recorded(saved["run"], saved["run"]["algo"], saved["algo_config"], saved["dataset"], None)
+        except (ValueError, KeyError, TypeError):
+            raise OfftuneError(f"{path / 'config.json'} is damaged and the run has no checkpoint to continue from; "
+                               "start a new run") from None
+    else:
+        raise OfftuneError(f"{path} holds no run to resume (no config.json, no checkpoints/{LAST})")
+    recorded_phase = recorded.run.get("phase")
+    if recorded_phase != phase:
+        command = "pretrain" if recorded_phase == "offline" else "finetune"
+        kind = "pretraining" if recorded_phase == "offline" else "fine-tuning"
+        raise OfftuneError(f"{path} holds a {kind} run; resume it with `offtune {command} --resume`")
+    return recorded
+
+
+def check_minutes(minutes: float) -> float:
+    if not minutes > 0:
+        raise OfftuneError(f"--checkpoint-every-minutes must be positive, got {minutes}")
+    return minutes
+
+
+def transition_bytes(info: DatasetInfo) -> int:
+    """One row of the replay buffer: observation, action, reward, next observation, done, as float32."""
+    return 4 * (2 * info.obs_dim + info.action_dim + 2)
+
+
+def check_batch_memory(config: Any, info: DatasetInfo, device: torch.device) -> None:
+    """A batch size the device cannot hold is refused before the first update tries to allocate it.
+
+    The estimate is a floor: the sampled rows plus one activation per hidden unit for four networks, with
+    their gradients.
+    """
+    per_sample = transition_bytes(info) + 4 * 8 * sum(config.hidden_dims)
+    check_memory(config.batch_size * per_sample, device, f"a batch of {config.batch_size:,}",
+                 "use a smaller batch size (--batch-size or --set batch_size=...)")
+
+
+def diverged(step: int, what: str, last_checkpoint: tuple[Path, int] | None) -> OfftuneError:
+    """The error of a run whose updates produced NaN or infinity; nothing after the last good checkpoint is saved."""
+    kept = (f"the last good checkpoint, {last_checkpoint[0]} (step {last_checkpoint[1]}), is kept"
+            if last_checkpoint else "no checkpoint was written before it")
+    return OfftuneError(f"training diverged by step {step}: {what}; {kept}. Start a new run with lower learning "
+                        "rates (--set critic_lr=..., actor_lr=...) or check the dataset")
+
+
+def require_finite_weights(agent: Agent, step: int, last_checkpoint: tuple[Path, int] | None) -> None:
+    """Refuse to evaluate or save weights or optimiser states that hold NaN or infinity (one host sync)."""
+    name = first_non_finite_tensor(agent.state_dict())
+    if name is not None:
+        raise diverged(step, f"the agent's {name} holds NaN or infinity", last_checkpoint)
 
 
 def default_eval_episodes(info: DatasetInfo) -> int:
@@ -128,11 +222,19 @@ def device_and_precision(device: str, matmul_precision: str | None) -> tuple[tor
     return torch_device, set_matmul_precision(matmul_precision)
 
 
-def open_run_directory(path: Path, logger: str | None, settings: Any, config: Any,
-                        info: DatasetInfo) -> RunDirectory:
+def open_run_directory(path: Path, logger: str | None, settings: Any, config: Any, info: DatasetInfo,
+                       fresh: bool) -> RunDirectory:
+    """Take the run directory (its lock) and write ``config.json``; a fresh run checks again, under the lock,
+    that no other run got there first."""
     directory = RunDirectory(path, logger)
-    directory.write_config({"run": settings.to_dict(), "algo_config": config_to_dict(config),
-                            "dataset": info.to_dict()})
+    try:
+        if fresh:
+            refuse_existing_run(path)
+        directory.write_config({"run": settings.to_dict(), "algo_config": config_to_dict(config),
+                                "dataset": info.to_dict()})
+    except BaseException:
+        directory.close()
+        raise
     return directory
 
 

@@ -1,15 +1,18 @@
 """What a training run needs from the process around it: the device and its threads, matmul precision,
-random states, Ctrl-C handling, the progress protocol and metric averaging.
+random states, Ctrl-C handling, memory checks, the progress protocol and metric averaging.
 
 None of it knows about algorithms or datasets; ``trainer`` composes these pieces into the two phases.
 """
 
 from __future__ import annotations
 
+import contextlib
+import math
 import os
 import random
 import signal
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -18,19 +21,35 @@ import torch
 
 from offtune.errors import OfftuneError, suggest
 
+SEED_RANGE = (0, 2**32 - 1)
+"""Seeds every random generator a run seeds (numpy's legacy one is the narrowest) accepts as they are."""
+
 
 class Interrupted(Exception):
-    """Ctrl-C during training; a checkpoint was written first (its path is ``checkpoint``)."""
+    """Ctrl-C during training. The run continues from ``checkpoint`` (None: it stopped before its first one, and
+    ``--resume`` starts it over), which is the state at ``step`` unless a second Ctrl-C stopped it at once."""
 
-    def __init__(self, checkpoint: Path, step: int) -> None:
-        super().__init__(f"interrupted at step {step}; checkpoint written to {checkpoint}")
-        self.checkpoint, self.step = checkpoint, step
+    def __init__(self, run_dir: Path, step: int, checkpoint: Path | None, checkpoint_step: int | None) -> None:
+        if checkpoint is None:
+            where = "no checkpoint yet: --resume starts the run over"
+        elif checkpoint_step == step:
+            where = f"checkpoint written to {checkpoint}"
+        else:
+            where = f"stopped at once; the last checkpoint is {checkpoint} (step {checkpoint_step})"
+        super().__init__(f"interrupted at step {step}; {where}")
+        self.run_dir, self.step, self.checkpoint = run_dir, step, checkpoint
+
+
+class StopRequested(KeyboardInterrupt):
+    """Raised between two steps after the first Ctrl-C: the state is whole and can be saved."""
 
 
 class GracefulStop:
     """The first Ctrl-C asks the loop to stop after the current step; a second one stops at once.
 
-    Stopping between steps keeps the checkpoint consistent, so a resumed run equals an uninterrupted one.
+    Stopping between steps keeps the checkpoint consistent, so a resumed run equals an uninterrupted one
+    (``StopRequested``). A second Ctrl-C may land in the middle of an update or a save, so it raises a plain
+    ``KeyboardInterrupt`` and that state is not saved: the run continues from its last checkpoint.
     """
 
     def __init__(self) -> None:
@@ -49,11 +68,24 @@ class GracefulStop:
 
     def check(self) -> None:
         if self.requested:
-            raise KeyboardInterrupt
+            raise StopRequested
 
     def __exit__(self, *exc: object) -> None:
         if self.previous is not None:
             signal.signal(signal.SIGINT, self.previous)
+
+
+@contextlib.contextmanager
+def ignoring_ctrl_c() -> Iterator[None]:
+    """For the checkpoint written after a Ctrl-C: further presses wait for it instead of cutting it short."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 class Progress(Protocol):
@@ -75,19 +107,6 @@ class SilentProgress:
 
     def evaluation(self, phase: str, step: int, summary: dict[str, Any]) -> None:
         pass
-
-
-def resolve_device(device: str | torch.device) -> torch.device:
-    """"auto" picks CUDA when present; anything torch cannot use here is one clear error."""
-    if str(device) == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        device = torch.device(device)
-    except RuntimeError:
-        raise OfftuneError(f"unknown device '{device}'; use auto, cpu, cuda or cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise OfftuneError("--device cuda was asked for, but torch sees no CUDA device here")
-    return device
 
 
 def limit_cpu_threads(device: torch.device) -> None:
@@ -121,6 +140,77 @@ def set_matmul_precision(precision: str | None) -> str:
         )
     torch.set_float32_matmul_precision(precision)
     return precision
+
+
+def check_seed(seed: int, option: str = "--seed") -> None:
+    low, high = SEED_RANGE
+    if not low <= seed <= high:
+        raise OfftuneError(f"{option} must be between {low} and {high}, got {seed}")
+
+
+def available_memory(device: torch.device) -> int | None:
+    """Bytes that can still be allocated on ``device``: free GPU memory, or on the CPU the kernel's
+    MemAvailable within this process's cgroup limit; None where that cannot be known."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    if device.type != "cpu":
+        return None
+    try:
+        meminfo = Path("/proc/meminfo").read_text().split()
+        available = int(meminfo[meminfo.index("MemAvailable:") + 1]) * 1024
+    except (OSError, ValueError):
+        return None
+    try:
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        used = int(Path("/sys/fs/cgroup/memory.current").read_text())
+    except (OSError, ValueError):
+        return available
+    return available if limit == "max" else min(available, int(limit) - used)
+
+
+def human_bytes(count: float) -> str:
+    units = ("B", "KB", "MB", "GB", "TB", "PB")
+    power = min(int(math.log10(max(count, 1)) // 3), len(units) - 1)
+    return f"{count / 1000**power:.1f} {units[power]}"
+
+
+def check_memory(needed: int, device: torch.device, what: str, advice: str) -> None:
+    """Refuse a request whose memory is known to exceed what ``device`` has, before allocating any of it."""
+    available = available_memory(device)
+    if available is not None and needed > available:
+        raise OfftuneError(f"{what} needs at least {human_bytes(needed)} of memory on {device.type}, but "
+                           f"{human_bytes(available)} is available; {advice}")
+
+
+def first_non_finite(metrics: dict[str, float]) -> str | None:
+    """The first metric that is NaN or infinite: the update that produced it diverged."""
+    return next((key for key, value in metrics.items() if not math.isfinite(value)), None)
+
+
+def first_non_finite_tensor(state: Any, prefix: str = "") -> str | None:
+    """The name of the first floating tensor in a nested state dict that holds NaN or infinity.
+
+    One host sync for the whole state (run at evaluations and checkpoints, never per update).
+    """
+    named = list(_floating_tensors(state, prefix))
+    if not named:
+        return None
+    finite = torch.stack([torch.isfinite(tensor).all() for _, tensor in named])
+    if bool(finite.all()):
+        return None
+    return named[int(torch.argmin(finite.int()))][0]
+
+
+def _floating_tensors(state: Any, prefix: str) -> Iterator[tuple[str, torch.Tensor]]:
+    if torch.is_tensor(state):
+        if state.is_floating_point():
+            yield prefix, state
+    elif isinstance(state, dict):
+        for key, value in state.items():
+            yield from _floating_tensors(value, f"{prefix}.{key}" if prefix else str(key))
+    elif isinstance(state, (list, tuple)):
+        for index, value in enumerate(state):
+            yield from _floating_tensors(value, f"{prefix}[{index}]")
 
 
 def seed_everything(seed: int) -> None:

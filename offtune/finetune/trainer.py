@@ -28,9 +28,9 @@ from offtune.finetune.runtime import (
     Interrupted,
     Progress,
     SilentProgress,
-    resolve_device,
     set_matmul_precision,
 )
+from offtune.policies.checkpoint import resolve_device
 
 __all__ = [
     "ALGORITHMS", "EVALUATION_SEED_OFFSET", "MATMUL_PRECISIONS", "FinetuneSettings", "Interrupted", "OfflineRun",
