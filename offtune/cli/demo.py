@@ -11,6 +11,7 @@ from offtune.buffers import collect
 from offtune.buffers.storage import local_ids
 from offtune.cli.display import RichProgress, before_after_table, console, err_console
 from offtune.finetune import trainer
+from offtune.finetune.runtime import SEED_RANGE
 
 DEMO_DATASET = "offtune/pointmaze/umaze-demo-v0"
 DEMO_NOISE = 1.0
@@ -20,17 +21,21 @@ the online phase has something to fix within the demo's few minutes."""
 
 @click.command()
 @click.option("--algo", default="iql", show_default=True, help="iql, spot or misa.")
-@click.option("--dataset-steps", default=10_000, show_default=True, type=int,
+@click.option("--dataset-steps", default=10_000, show_default=True, type=click.IntRange(min=1),
               help="Steps to collect when the demo dataset is not local yet.")
-@click.option("--pretrain-steps", default=1_000, show_default=True, type=int)
-@click.option("--finetune-steps", default=6_000, show_default=True, type=int)
-@click.option("--eval-episodes", default=20, show_default=True, type=int)
-@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--pretrain-steps", default=1_000, show_default=True, type=click.IntRange(min=1))
+@click.option("--finetune-steps", default=6_000, show_default=True, type=click.IntRange(min=1))
+@click.option("--eval-episodes", default=20, show_default=True, type=click.IntRange(min=1))
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(*SEED_RANGE))
 @click.option("--device", default="auto", show_default=True)
 @click.option("--out", default="runs/demo", show_default=True, type=click.Path(file_okay=False),
               help="The demo's own folder; its previous demo runs are replaced.")
 def demo(algo, dataset_steps, pretrain_steps, finetune_steps, eval_episodes, seed, device, out) -> None:
     """Collect a PointMaze dataset (if needed), pretrain offline, fine-tune online, print before -> after."""
+    # Every option is checked before minutes of collecting and pretraining, not when its step comes.
+    trainer.algorithm(algo)
+    trainer.resolve_device(device)
+    algo = algo.lower()
     out = Path(out)
     for stale in (out / f"{algo}-offline", out / f"{algo}-online"):
         shutil.rmtree(stale, ignore_errors=True)

@@ -8,6 +8,7 @@ from rich.table import Table
 from offtune.cli.display import console
 from offtune.finetune.export import FORMATS, ExportResult
 from offtune.finetune.export import export as run_export
+from offtune.finetune.runtime import SEED_RANGE
 from offtune.policies.portable import PortableExport
 from offtune.policies.sb3 import SB3_ALGOS
 
@@ -21,9 +22,10 @@ from offtune.policies.sb3 import SB3_ALGOS
               help="SB3 class (default: td3 for SPOT, sac for IQL and MISA).")
 @click.option("--rl-zoo", type=click.Path(file_okay=False), default=None,
               help="Also write an rl-zoo3 experiment (zip, config.yml, env_kwargs.yml, evaluation) under DIR.")
-@click.option("--eval-episodes", type=int, default=None,
+@click.option("--eval-episodes", type=click.IntRange(min=1), default=None,
               help="Episodes of the evaluation stored with --rl-zoo (default: 100 on AntMaze, 10 elsewhere).")
-@click.option("--seed", default=0, show_default=True, type=int, help="Seed of that evaluation.")
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(*SEED_RANGE),
+              help="Seed of that evaluation.")
 def export(checkpoint, fmt, out, sb3_algo, rl_zoo, eval_episodes, seed) -> None:
     """Export CHECKPOINT as a Stable-Baselines3 zip that TD3.load / SAC.load open without offtune, or its
     policy as an ONNX or TorchScript file that onnxruntime / torch.jit.load run without offtune."""

@@ -12,6 +12,8 @@ from click.core import ParameterSource
 from offtune.cli.display import RichProgress, before_after_table, console, err_console, evaluations_table
 from offtune.finetune import trainer
 from offtune.finetune.evaluate import evaluate as run_evaluation
+from offtune.finetune.online import MAX_ENVS
+from offtune.finetune.runtime import SEED_RANGE
 from offtune.finetune.scores import LOGGERS
 from offtune.policies.checkpoint import load_agent
 from offtune.policies.config import parse_assignments
@@ -22,9 +24,14 @@ PRECISION = click.option(
     help="float32 matmuls: highest = full fp32 (torch's default); high = TF32 on CUDA; medium = bfloat16 on "
          "CUDA and on CPUs with AMX/AVX512-BF16 (faster, less precise). --resume keeps the run's unless given.",
 )
-SEED = click.option("--seed", default=0, show_default=True, type=int)
+SEED_TYPE = click.IntRange(*SEED_RANGE)
+SEED = click.option("--seed", default=0, show_default=True, type=SEED_TYPE)
 SETS = click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override any config field.")
 LOGGER = click.option("--logger", type=click.Choice(LOGGERS), default=None, help="Also send metrics there.")
+CHECKPOINT_MINUTES = click.option(
+    "--checkpoint-every-minutes", "checkpoint_minutes", type=click.FloatRange(min=0, min_open=True), default=None,
+    help="Also write checkpoints/last.pt this often, between evaluations (default 10; --resume may change it).",
+)
 
 
 POSITIVE = click.IntRange(min=1)
@@ -41,7 +48,8 @@ def _refuse_with_resume(ctx: click.Context, names: tuple[str, ...]) -> None:
 
 
 def _interrupted(error: trainer.Interrupted) -> None:
-    err_console.print(f"[yellow]{error}[/]; continue with --resume {error.checkpoint.parent.parent}")
+    err_console.print(f"{error}; continue with --resume {error.run_dir}", style="yellow", markup=False,
+                      highlight=False, soft_wrap=True)
     sys.exit(130)
 
 
@@ -61,14 +69,16 @@ def _interrupted(error: trainer.Interrupted) -> None:
 @SETS
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), default=None, help="YAML of settings.")
 @LOGGER
+@CHECKPOINT_MINUTES
 @click.option("--resume", type=click.Path(file_okay=False), default=None, help="Continue an interrupted run.")
 @click.option("--download", is_flag=True, help="Download the dataset if it is not local.")
 @click.pass_context
 def pretrain(ctx, algo, dataset, steps, seed, device, matmul_precision, batch_size, eval_every, eval_episodes,
-             task_mode, out, sets, config_file, logger, resume, download) -> None:
+             task_mode, out, sets, config_file, logger, checkpoint_minutes, resume, download) -> None:
     """Pretrain ALGO (iql, spot, misa) offline on DATASET (a D4RL name or a Minari id).
 
-    `offtune pretrain --resume DIR` continues an interrupted run with its own settings.
+    `offtune pretrain --resume DIR` continues an interrupted run with its own settings (a run that stopped
+    before its first checkpoint starts over).
     """
     if resume is None and (algo is None or dataset is None):
         raise click.UsageError("ALGO and DATASET are required unless --resume is given")
@@ -82,7 +92,7 @@ def pretrain(ctx, algo, dataset, steps, seed, device, matmul_precision, batch_si
                 batch_size=batch_size,
                 eval_every=eval_every, eval_episodes=eval_episodes, task_mode=task_mode, out=out,
                 overrides=parse_assignments(sets), config_file=config_file, logger=logger, resume=resume,
-                download=download, progress=progress,
+                download=download, progress=progress, checkpoint_minutes=checkpoint_minutes,
             )
     except trainer.Interrupted as error:
         _interrupted(error)
@@ -96,7 +106,8 @@ def pretrain(ctx, algo, dataset, steps, seed, device, matmul_precision, batch_si
 @click.argument("checkpoint", type=click.Path(), required=False)
 @click.option("--steps", default=1_000_000, show_default=True, type=POSITIVE, help="Online env steps.")
 @click.option("--utd", default=1, show_default=True, type=POSITIVE, help="Updates per env step.")
-@click.option("--num-envs", default=1, show_default=True, type=POSITIVE, help="Envs stepped together.")
+@click.option("--num-envs", default=1, show_default=True, type=click.IntRange(1, MAX_ENVS),
+              help="Envs stepped together.")
 @click.option("--mix", type=click.Choice(["append", "ratio"]), default="append", show_default=True,
               help="append: one pool sampled uniformly (official); ratio: a fixed online share per batch.")
 @click.option("--online-ratio", type=float, default=None, help="Online share of each batch (implies --mix ratio).")
@@ -104,20 +115,22 @@ def pretrain(ctx, algo, dataset, steps, seed, device, matmul_precision, batch_si
               help="Online capacity (default: --steps, never overwrite).")
 @click.option("--eval-every", type=POSITIVE, default=None, help="Env steps between evaluations (default 50k).")
 @click.option("--eval-episodes", type=POSITIVE, default=None, help="Default: 100 on AntMaze, 10 elsewhere.")
-@click.option("--seed", type=int, default=None, help="Default: the seed CHECKPOINT was pretrained with.")
+@click.option("--seed", type=SEED_TYPE, default=None, help="Default: the seed CHECKPOINT was pretrained with.")
 @DEVICE
 @PRECISION
 @click.option("--out", type=click.Path(file_okay=False), default=None, help="The run directory itself.")
 @SETS
 @LOGGER
+@CHECKPOINT_MINUTES
 @click.option("--resume", type=click.Path(file_okay=False), default=None, help="Continue an interrupted run.")
 @click.option("--download", is_flag=True, help="Download the dataset if it is not local.")
 @click.pass_context
 def finetune(ctx, checkpoint, steps, utd, num_envs, mix, online_ratio, buffer_size, eval_every, eval_episodes, seed,
-             device, matmul_precision, out, sets, logger, resume, download) -> None:
+             device, matmul_precision, out, sets, logger, checkpoint_minutes, resume, download) -> None:
     """Fine-tune CHECKPOINT online in the live environment of its dataset.
 
-    `offtune finetune --resume DIR` continues an interrupted run with its own settings.
+    `offtune finetune --resume DIR` continues an interrupted run with its own settings (a run that stopped
+    before its first checkpoint starts over).
     """
     if checkpoint is None and resume is None:
         raise click.UsageError("CHECKPOINT is required unless --resume is given")
@@ -135,6 +148,7 @@ def finetune(ctx, checkpoint, steps, utd, num_envs, mix, online_ratio, buffer_si
                 buffer_size=buffer_size, eval_every=eval_every, eval_episodes=eval_episodes, seed=seed,
                 device=device, matmul_precision=matmul_precision, out=out, overrides=parse_assignments(sets),
                 logger=logger, resume=resume, download=download, progress=progress,
+                checkpoint_minutes=checkpoint_minutes,
             )
     except trainer.Interrupted as error:
         _interrupted(error)
