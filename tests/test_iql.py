@@ -7,6 +7,7 @@ import io
 import math
 
 import agent_checks
+import fixed_nets
 import pytest
 import torch
 from torch import nn
@@ -51,45 +52,106 @@ def test_critic_target_masks_terminal_bootstrap():
     assert targets.tolist() == pytest.approx([10.0, 2.0])
 
 
-def test_gaussian_actor_is_unsquashed_with_clipped_state_independent_std():
-    torch.manual_seed(0)
-    actor = GaussianActor(OBS, ACT, (8,), dropout=0.0, log_std_min=-5.0, log_std_max=2.0)
+# A batch of three transitions and networks set by hand (``fixed_nets``): every quantity below is an affine
+# map of s and a, so the expected losses are written from these numbers alone. The target critics differ
+# from the online ones, so a loss that reads the wrong one gets a different value.
+S, A, R = [0.5, -1.0, 1.5], [0.2, -0.6, 0.9], [1.0, -0.5, 2.0]
+S2, D = [1.0, 0.0, -0.5], [0.0, 1.0, 0.0]
+
+
+def online_q(s: float, a: float) -> tuple[float, float]:
+    return s + a, 0.5 * s - a
+
+
+def target_q(s: float, a: float) -> tuple[float, float]:
+    return s + a + 0.5, 0.5 * s - a + 1.0
+
+
+def fixed_agent(**overrides) -> IQLAgent:
+    """obs 1, action 1: Q = online_q, Q̄ = target_q, V(s) = 0.5 s + 0.2, π(a|s) = N(tanh(0.5 s - 0.1), e^-1)."""
+    agent = IQLAgent(1, 1, IQLConfig(hidden_dims=(2, 2), **overrides))
+    fixed_nets.affine_(agent.critic, [[[1.0, 1.0]], [[0.5, -1.0]]], [[0.0], [0.0]])
+    fixed_nets.affine_(agent.target_critic, [[[1.0, 1.0]], [[0.5, -1.0]]], [[0.5], [1.0]])
+    fixed_nets.affine_(agent.value, [[[0.5]]], [[0.2]])
+    fixed_nets.affine_(agent.actor.mean_net, [[[0.5]]], [[-0.1]])
     with torch.no_grad():
-        actor.log_std.copy_(torch.tensor([5.0, -0.5]))
-    observations, actions = torch.randn(4, OBS), torch.rand(4, ACT) * 2 - 1
-    mean, std = actor(observations)
-    assert std.tolist() == pytest.approx([math.exp(2.0), math.exp(-0.5)])
-    assert torch.allclose(mean, torch.tanh(actor.mean_net[:-1](observations)))
-    expected = torch.distributions.Normal(mean, std).log_prob(actions).sum(-1)
-    assert torch.allclose(actor.log_prob(observations, actions), expected, atol=1e-6)
+        agent.actor.log_std.fill_(-0.5)
+    return agent
 
 
-def test_update_follows_the_official_order():
-    """V on target Q; actor with target Q and the updated V; critic target from the updated V."""
-    agent = small_agent(expectile=0.8, beta=2.0)
-    batch = random_batch()
-    s, a, r, s2, d = batch
+def fixed_batch() -> Batch:
+    column = lambda values: torch.tensor(values).unsqueeze(-1)  # noqa: E731
+    return Batch(column(S), column(A), torch.tensor(R), column(S2), torch.tensor(D))
+
+
+def gaussian_log_density(x: float, mean: float, std: float) -> float:
+    return -0.5 * ((x - mean) / std) ** 2 - math.log(std) - 0.5 * math.log(2 * math.pi)
+
+
+def test_gaussian_actor_is_unsquashed_with_clipped_state_independent_std():
+    agent = fixed_agent()
+    observations = torch.tensor([[0.5], [-1.0]])
+    mean, std = agent.actor(observations)
+    assert mean.squeeze(-1).tolist() == pytest.approx([math.tanh(0.15), math.tanh(-0.6)], rel=1e-5)
+    assert std.tolist() == pytest.approx([math.exp(-0.5)])
+    # An action beyond tanh's range keeps a finite density: the Gaussian is not squashed (no Jacobian).
+    log_prob = agent.actor.log_prob(observations, torch.tensor([[0.2], [-1.5]]))
+    expected = [gaussian_log_density(0.2, math.tanh(0.15), math.exp(-0.5)),
+                gaussian_log_density(-1.5, math.tanh(-0.6), math.exp(-0.5))]
+    assert log_prob.tolist() == pytest.approx(expected, rel=1e-5)
+    assert agent.act(observations).squeeze(-1).tolist() == pytest.approx([math.tanh(0.15), math.tanh(-0.6)], rel=1e-5)
+
+    wide = GaussianActor(1, 2, (4,), dropout=0.0, log_std_min=-5.0, log_std_max=2.0)
+    with torch.no_grad():
+        wide.log_std.copy_(torch.tensor([5.0, -7.0]))
+    assert wide(observations)[1].tolist() == pytest.approx([math.exp(2.0), math.exp(-5.0)])
+
+
+def test_update_by_hand_follows_the_official_order():
+    """V on the target Q̄; actor with Q̄ and the updated V; critic target from the updated V(s')."""
+    agent = fixed_agent(expectile=0.8, beta=2.0, value_lr=0.1, cosine_actor_lr=False)
     before = copy.deepcopy(agent)
-    metrics = agent.update(batch)
+    metrics = agent.update(fixed_batch())
 
-    q_hat = before.target_critic(s, a).min(0).values
-    expected_value_loss = expectile_loss(q_hat - before.value(s).squeeze(-1), 0.8)
-    assert metrics["value_loss"].item() == pytest.approx(expected_value_loss.item(), rel=1e-5)
+    # 1. q̂ = min Q̄(s, a) = [min(1.2, 1.05), min(-1.1, 1.1), min(2.9, 0.85)]; V(s) = [0.45, -0.3, 0.95];
+    #    q̂ - V = [0.6, -0.8, -0.1] weighted 0.8 above V and 0.2 below.
+    q_hat = [min(target_q(s, a)) for s, a in zip(S, A, strict=True)]
+    assert q_hat == pytest.approx([1.05, -1.1, 0.85])
+    assert metrics["value_loss"].item() == pytest.approx((0.8 * 0.36 + 0.2 * 0.64 + 0.2 * 0.01) / 3, rel=1e-5)
 
-    updated_v = agent.value(s).squeeze(-1)  # V moved once, then stayed fixed for the actor and critic
-    weights = torch.exp(2.0 * (q_hat - updated_v)).clamp(max=100.0)
-    expected_actor_loss = -(weights * before.actor.log_prob(s, a)).mean()
-    assert metrics["actor_loss"].item() == pytest.approx(expected_actor_loss.item(), rel=1e-5)
+    # V took exactly one Adam step on that loss.
+    value = copy.deepcopy(before.value)
+    optimizer = torch.optim.Adam(value.parameters(), lr=0.1)
+    observations = fixed_batch().observations
+    expectile_loss(torch.tensor(q_hat) - value(observations).squeeze(-1), 0.8).backward()
+    optimizer.step()
+    for stepped, updated in zip(value.parameters(), agent.value.parameters(), strict=True):
+        torch.testing.assert_close(stepped, updated, rtol=0, atol=1e-6)
+    new_v = agent.value(observations).squeeze(-1).tolist()
+    new_v_next = agent.value(torch.tensor(S2).unsqueeze(-1)).squeeze(-1).tolist()
+    assert max(abs(v - (0.5 * s + 0.2)) for v, s in zip(new_v, S, strict=True)) > 0.1  # V really moved
 
-    y = r + 0.99 * (1 - d) * agent.value(s2).squeeze(-1)
-    q1, q2 = before.critic(s, a)
-    expected_critic_loss = ((q1 - y) ** 2 + (q2 - y) ** 2).mean()
-    assert metrics["critic_loss"].item() == pytest.approx(expected_critic_loss.item(), rel=1e-5)
+    # 2. w = min(exp(β (q̂ - V'(s))), 100); L_π = -mean(w · log N(a; tanh(0.5 s - 0.1), e^-0.5)).
+    weights = [min(math.exp(2.0 * (q - v)), 100.0) for q, v in zip(q_hat, new_v, strict=True)]
+    log_probs = [gaussian_log_density(a, math.tanh(0.5 * s - 0.1), math.exp(-0.5)) for s, a in zip(S, A, strict=True)]
+    expected_actor = -sum(w * lp for w, lp in zip(weights, log_probs, strict=True)) / 3
+    assert metrics["actor_loss"].item() == pytest.approx(expected_actor, rel=1e-5)
 
+    # 3. y = r + 0.99 (1 - d) V'(s'); Q = online_q(s, a) = [(0.7, 0.05), (-1.6, 0.1), (2.4, -0.15)].
+    targets = [r + 0.99 * (1 - d) * v for r, d, v in zip(R, D, new_v_next, strict=True)]
+    expected_critic = sum(
+        (q1 - y) ** 2 + (q2 - y) ** 2 for (q1, q2), y in zip(map(online_q, S, A), targets, strict=True)
+    ) / 3
+    assert metrics["critic_loss"].item() == pytest.approx(expected_critic, rel=1e-5)
+
+    # 4. Q̄ ← 0.005 Q + 0.995 Q̄ with the stepped critic.
     for target, old_target, online in zip(
         agent.target_critic.parameters(), before.target_critic.parameters(), agent.critic.parameters(), strict=True
     ):
-        assert torch.allclose(target, 0.995 * old_target + 0.005 * online, atol=1e-7)
+        torch.testing.assert_close(target, 0.995 * old_target + 0.005 * online, rtol=0, atol=1e-6)
+    assert not all(
+        torch.equal(new, old) for new, old in zip(agent.critic.parameters(), before.critic.parameters(), strict=True)
+    )
 
 
 def test_cosine_actor_lr_offline_then_constant_online():
