@@ -1,4 +1,5 @@
-"""Hamiltonian Monte Carlo: leapfrog and Metropolis ratio by hand, a known Gaussian, support rejection."""
+"""Hamiltonian Monte Carlo: leapfrog, Metropolis ratio and whole chains by hand, a known Gaussian, support
+rejection, step-size adaptation."""
 
 from __future__ import annotations
 
@@ -16,6 +17,15 @@ def gaussian_1d(mean: float, variance: float):
     return log_density
 
 
+def two_leapfrog_steps(x: float, p: float, step: float, grad) -> tuple[float, float]:
+    """Half kick, drift, full kick, drift, half kick."""
+    p = p + 0.5 * step * grad(x)
+    x = x + step * p
+    p = p + step * grad(x)
+    x = x + step * p
+    return x, p + 0.5 * step * grad(x)
+
+
 def test_leapfrog_and_accept_ratio_by_hand():
     mean, variance, step, x0, p0 = 1.0, 2.0, 0.3, 0.5, 1.0
 
@@ -25,12 +35,7 @@ def test_leapfrog_and_accept_ratio_by_hand():
     def grad(x):
         return -(x - mean) / variance
 
-    # Two leapfrog steps: half kick, drift, full kick, drift, half kick.
-    p = p0 + 0.5 * step * grad(x0)
-    x1 = x0 + step * p
-    p = p + step * grad(x1)
-    x2 = x1 + step * p
-    p2 = p + 0.5 * step * grad(x2)
+    x2, p2 = two_leapfrog_steps(x0, p0, step, grad)
     expected_ratio = (-log_p(x0) + 0.5 * p0**2) - (-log_p(x2) + 0.5 * p2**2)
 
     log_density = gaussian_1d(mean, variance)
@@ -46,8 +51,45 @@ def test_leapfrog_and_accept_ratio_by_hand():
     assert finite.item()
     ratio = hmc.log_accept_ratio(log_prob, momentum, new_log_prob, new_p, finite)
     assert math.isclose(ratio.item(), expected_ratio, rel_tol=1e-10)
-    # The acceptance probability is min(1, exp(ratio)); leapfrog nearly conserves H here.
-    assert abs(expected_ratio) < 0.05
+
+
+def test_chains_by_hand_with_the_same_random_draws():
+    """Every step re-done in floats from the same momenta and uniforms: the carried state, log density and
+    gradient, the Metropolis decision, the adapted step size, the kept samples and the acceptance count."""
+    mean, variance, chains, burnin, results, adaptation = 0.3, 0.2, 16, 2, 4, 2
+
+    def log_p(x: float) -> float:
+        return -0.5 * (x - mean) ** 2 / variance
+
+    def grad(x: float) -> float:
+        return -(x - mean) / variance
+
+    start = torch.linspace(-2.0, 2.0, chains, dtype=torch.float64).unsqueeze(-1)
+    torch.manual_seed(3)
+    result = hmc.sample(gaussian_1d(mean, variance), start, num_results=results, num_burnin_steps=burnin,
+                        num_leapfrog_steps=2, step_size=0.9, num_adaptation_steps=adaptation)
+
+    torch.manual_seed(3)
+    states, step, kept, accepted = start.squeeze(-1).tolist(), 0.9, [], 0
+    for index in range(burnin + results):
+        momenta = torch.randn(chains, dtype=torch.float64).tolist()
+        uniforms = torch.rand(chains, dtype=torch.float64).tolist()
+        probabilities = []
+        for chain, (x, p, u) in enumerate(zip(states, momenta, uniforms, strict=True)):
+            new_x, new_p = two_leapfrog_steps(x, p, step, grad)
+            ratio = (-log_p(x) + 0.5 * p * p) - (-log_p(new_x) + 0.5 * new_p * new_p)
+            probabilities.append(min(1.0, math.exp(ratio)))
+            if math.log(u) < ratio:
+                states[chain] = new_x
+                accepted += index >= burnin
+        if index < adaptation:
+            step = step * 1.01 if sum(probabilities) / chains > 0.75 else step / 1.01
+        if index >= burnin:
+            kept.append(list(states))
+    assert 0 < accepted < chains * results, "the draws must both accept and reject"
+    assert torch.allclose(result.samples.squeeze(-1), torch.tensor(kept, dtype=torch.float64), rtol=0, atol=1e-12)
+    assert math.isclose(result.accept_rate.item(), accepted / (chains * results), rel_tol=1e-12)
+    assert math.isclose(result.step_size.item(), step, rel_tol=1e-12)
 
 
 def test_trajectory_through_a_hole_in_the_support_is_rejected():
