@@ -399,7 +399,7 @@ class MISAAgent:
                 chains = self._improved_policy_samples(frozen_q, actions, mean.detach(), log_std.detach())
                 log_pi_improved = tanh_gaussian_log_prob(torch.atanh(chains.samples), mean, log_std)
                 policy_loss = policy_loss + cfg.unbiased_weight * log_pi_improved.mean()
-                metrics["hmc_accept_rate"] = chains.accept_rate
+                metrics["hmc_acceptance"] = chains.accept_rate
                 metrics["hmc_step_size"] = chains.step_size
 
         # Critics: TD to r + γ(1 − d)·min Q̄(s′, a″), one a″ ~ π(·|s′), no entropy backup ...
