@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import signal
 from pathlib import Path
 
 import click
@@ -62,7 +63,8 @@ def demo(algo, dataset_steps, pretrain_steps, finetune_steps, eval_episodes, see
                                       eval_episodes=eval_episodes, eval_every=max(finetune_steps // 4, 1),
                                       out=out / f"{algo}-online", progress=progress)
     except trainer.Interrupted as error:
-        err_console.print(f"[yellow]{error}[/]")
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # more presses must not interrupt the exit itself
+        err_console.print(str(error), style="yellow", markup=False, highlight=False, soft_wrap=True)
         raise SystemExit(130) from None
     console.print(before_after_table("offtune demo: offline → online", DEMO_DATASET, algo, online.scores))
     console.print(f"runs in {out}; next: offtune report {out} · offtune export {online.checkpoint} -o policy.zip")

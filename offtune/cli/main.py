@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import io
+import signal
 import sys
 
 import click
@@ -21,7 +22,8 @@ _DENIED = "choose a place you can write to"
 FILE_SYSTEM_ADVICE = {
     errno.ENOSPC: _FULL, errno.EDQUOT: _FULL, errno.EFBIG: _FULL,
     errno.EROFS: "that file system is read-only; " + _DENIED, errno.EACCES: _DENIED, errno.EPERM: _DENIED,
-    errno.ENOENT: "check the path", errno.ENOTDIR: "a part of the path is a file, not a folder",
+    errno.ENOENT: "check the path (its folder must exist and hold files)",
+    errno.ENOTDIR: "a part of the path is a file, not a folder",
     errno.EISDIR: "that path is a folder; give a file name", errno.ENAMETOOLONG: "use a shorter path",
     errno.EIO: "the storage reported an input/output error; check the disk",
 }
@@ -51,14 +53,15 @@ class OfftuneGroup(click.Group):
         except OSError as error:
             if error.errno not in FILE_SYSTEM_ADVICE:
                 raise
-            where = f": {error.filename}" if error.filename else ""
-            _fail(f"{error.strerror or error}{where}; {FILE_SYSTEM_ADVICE[error.errno]}", 1)
+            where = f"{error.filename}: " if error.filename else ""
+            _fail(f"{where}{error.strerror or error}; {FILE_SYSTEM_ADVICE[error.errno]}", 1)
         except (MemoryError, RuntimeError) as error:
             if not _out_of_memory(error):
                 raise
             _fail("out of memory; use smaller settings (batch size, buffer size, --num-envs) or a machine with more "
                   "memory", 1)
         except KeyboardInterrupt:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)  # more presses must not interrupt the exit itself
             err_console.print("[yellow]interrupted[/]")
             sys.exit(130)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import sys
 from pathlib import Path
 
@@ -48,6 +49,7 @@ def _refuse_with_resume(ctx: click.Context, names: tuple[str, ...]) -> None:
 
 
 def _interrupted(error: trainer.Interrupted) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # more presses must not interrupt the exit itself
     err_console.print(f"{error}; continue with --resume {error.run_dir}", style="yellow", markup=False,
                       highlight=False, soft_wrap=True)
     sys.exit(130)

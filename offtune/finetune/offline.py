@@ -37,6 +37,7 @@ from offtune.finetune.runs import (
     default_run_dir,
     device_and_precision,
     diverged,
+    interrupted_at_once,
     new_run_dir,
     open_run_directory,
     prepare_offline,
@@ -282,6 +283,7 @@ def pretrain(
     check_memory(len(data.rewards) * transition_bytes(info), torch_device,
                  f"the replay buffer of {len(data.rewards):,} transitions", "use a machine with more memory")
     directory = open_run_directory(run_path, logger, settings, config, info, fresh=resume is None)
+    run = None
     try:
         seed_everything(settings.seed)
         prepared = prepare_offline(data, config)
@@ -301,9 +303,9 @@ def pretrain(
             with ignoring_ctrl_c():
                 run.save(LAST)
             raise Interrupted(directory.path, run.step, *run.last_checkpoint) from None
-        except KeyboardInterrupt:
-            raise Interrupted(directory.path, run.step, *(run.last_checkpoint or (None, None))) from None
         final = run.save("final.pt")
+    except KeyboardInterrupt:
+        raise interrupted_at_once(directory, run, checkpoint) from None
     finally:
         directory.close()
     return RunResult(directory.path, final, run.evaluations, directory.scores)

@@ -43,6 +43,7 @@ from offtune.finetune.runs import (
     default_run_dir,
     device_and_precision,
     diverged,
+    interrupted_at_once,
     new_run_dir,
     open_run_directory,
     prepare_offline,
@@ -374,9 +375,9 @@ def finetune(
             with ignoring_ctrl_c():
                 run.save(LAST, with_buffer=True)
             raise Interrupted(directory.path, run.step, *run.last_checkpoint) from None
-        except KeyboardInterrupt:
-            raise Interrupted(directory.path, run.step, *(run.last_checkpoint or (None, None))) from None
         final = run.finish()
+    except KeyboardInterrupt:
+        raise interrupted_at_once(directory, run, resumed) from None
     finally:
         if run is not None:
             run.close()

@@ -18,6 +18,7 @@ from offtune.buffers.transforms import Normalizer, RewardTransform, reward_trans
 from offtune.errors import OfftuneError, suggest
 from offtune.finetune.evaluate import from_env_actions
 from offtune.finetune.runtime import (
+    Interrupted,
     check_memory,
     first_non_finite_tensor,
     limit_cpu_threads,
@@ -220,6 +221,16 @@ def device_and_precision(device: str, matmul_precision: str | None) -> tuple[tor
     torch_device = resolve_device(device)
     limit_cpu_threads(torch_device)
     return torch_device, set_matmul_precision(matmul_precision)
+
+
+def interrupted_at_once(directory: RunDirectory, run: Any | None, resumed: dict[str, Any] | None) -> Interrupted:
+    """A Ctrl-C that stopped the run in the middle of a step, or before its loop began: nothing is saved, and the
+    run continues from its last checkpoint (the one it was resumed from, if it wrote none since)."""
+    last = run.last_checkpoint if run is not None else None
+    if last is None and resumed is not None:
+        last = (Path(resumed["path"]), resumed["step"])
+    step = run.step if run is not None else last[1] if last else 0
+    return Interrupted(directory.path, step, *(last or (None, None)))
 
 
 def open_run_directory(path: Path, logger: str | None, settings: Any, config: Any, info: DatasetInfo,
