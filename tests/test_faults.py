@@ -364,6 +364,22 @@ def test_wandb_resumes_the_run_it_started(tmp_path, monkeypatch):
     assert [(c["id"], c["resume"]) for c in calls] == [("abc123", "allow"), ("abc123", "allow")]
 
 
+def test_damaged_scores_and_metrics_stop_neither_a_report_nor_a_resume(tiny_run, tmp_path):
+    broken, good = tmp_path / "runs" / "broken", tmp_path / "runs" / "good"
+    shutil.copytree(tiny_run, broken)
+    shutil.copytree(tiny_run, good)
+    (broken / "scores.json").write_text('{"evaluations": [')
+    with open(broken / "metrics.jsonl", "a") as stream:
+        stream.write('{"step": 21, "pha')  # a line cut short by a kill
+    report = CliRunner().invoke(cli, ["report", str(tmp_path / "runs"), "--format", "json"])
+    assert report.exit_code == 0, report.output
+    data = json.loads(report.output)
+    assert data["cells"][0]["seeds"] == 1 and any(str(broken) in entry for entry in data["left_out"])
+    resumed = trainer.pretrain(resume=broken, device="cpu")
+    assert [e["step"] for e in resumed.scores["evaluations"]] == [20]
+    assert_consistent_run(broken, "offline", [20])
+
+
 # --- (b) damaged checkpoints ------------------------------------------------------------------------------
 
 

@@ -111,9 +111,15 @@ def _fine_tuned_checkpoints(runs: list[Path]) -> set[Path]:
 
 
 def read_run(path: Path) -> RunRecord | None:
-    """A run's final numbers, or None when it has no evaluation yet."""
-    config = json.loads((path / "config.json").read_text())
-    scores = json.loads((path / "scores.json").read_text())
+    """A run's final numbers, or None when it has no evaluation yet, or its scores.json is missing or damaged
+    (a run killed before its first evaluation, a file cut short): one such run must not stop a report of many."""
+    try:
+        config = json.loads((path / "config.json").read_text())
+        scores = json.loads((path / "scores.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(scores, dict):
+        return None
     run = config["run"]
     evaluations = scores.get("evaluations", [])
     if not evaluations:
