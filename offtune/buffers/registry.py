@@ -63,6 +63,13 @@ ADROIT_REFS = {
 }
 
 
+REMOTE_NAMESPACES = ("D4RL", "mujoco")
+"""The Minari remote's namespaces that offtune's names point into; offtune suggests downloading no other."""
+LOCAL_NAMESPACE = "offtune"
+"""Where offtune writes the datasets it makes (collected, or combined from downloaded parts): no remote has
+these ids."""
+
+
 @dataclass(frozen=True)
 class RegistryEntry:
     """One known dataset name.
@@ -86,6 +93,17 @@ class RegistryEntry:
     @property
     def short_name(self) -> str:
         return base_id(self.name)
+
+    @property
+    def downloadable(self) -> bool:
+        """Whether ``offtune dataset download`` can fetch this id itself: published under a remote namespace,
+        not made locally."""
+        return (
+            self.minari_id is not None
+            and self.collect_maze is None
+            and not self.parts
+            and self.minari_id.split("/")[0] in REMOTE_NAMESPACES
+        )
 
 
 def _build_registry() -> dict[str, RegistryEntry]:
