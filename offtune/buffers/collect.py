@@ -20,7 +20,8 @@ downloaded.
 from __future__ import annotations
 
 import copy
-import shutil
+import math
+import os
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -32,6 +33,7 @@ import numpy as np
 from gymnasium.envs.registration import EnvSpec
 from minari.data_collector import EpisodeBuffer
 
+from offtune.buffers.checks import CHECKSUM_KEY, data_crc
 from offtune.buffers.gym_make import make_gym_env
 from offtune.buffers.maze_expert import MazePlanner as MazePlanner  # re-exported: its address before the split
 from offtune.buffers.maze_expert import WaypointController
@@ -42,7 +44,7 @@ from offtune.buffers.mazes import (
     POINTMAZE_EVAL_MAPS,
     maze_cell,
 )
-from offtune.buffers.storage import datasets_root, local_ids, valid_dataset_id
+from offtune.buffers.storage import check_room, datasets_root, hdf5_bytes, valid_dataset_id, writing_dataset
 from offtune.errors import OfftuneError
 
 Observation = Any
@@ -204,14 +206,13 @@ def write_dataset(
     description: str = "",
     force: bool = False,
 ) -> minari.MinariDataset:
-    """Write ``episodes`` as a local Minari dataset; an existing id is only replaced with ``force``."""
-    if dataset_id in local_ids():
-        if not force:
-            raise OfftuneError(f"dataset {dataset_id} already exists locally; pass --force to overwrite it")
-        shutil.rmtree(datasets_root() / dataset_id)
-    with warnings.catch_warnings():
+    """Write ``episodes`` as a local Minari dataset with their checksum (:func:`~offtune.buffers.checks.data_crc`);
+    an existing id is only replaced with ``force``, and only once the new one is written
+    (:func:`~offtune.buffers.storage.writing_dataset`)."""
+    _check_not_taken(dataset_id, force)
+    with writing_dataset(dataset_id, hdf5_bytes(episodes), replace=force), warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*(code_permalink|author_email|eval_env).*")
-        return minari.create_dataset_from_buffers(
+        dataset = minari.create_dataset_from_buffers(
             dataset_id=dataset_id,
             buffer=episodes,
             env=env,
@@ -220,6 +221,11 @@ def write_dataset(
             author="offtune",
             description=description,
         )
+        crc = 0
+        for episode in episodes:
+            crc = data_crc(episode, crc)
+        dataset.storage.update_metadata({CHECKSUM_KEY: crc})
+    return dataset
 
 
 def collect_pointmaze(
@@ -234,9 +240,10 @@ def collect_pointmaze(
     """A PointMaze dataset made like D4RL/pointmaze: planner, PD waypoints, noise, one goal per episode."""
     if maze not in POINTMAZE_ENVS:
         raise OfftuneError(f"unknown maze {maze!r}; choose one of {', '.join(POINTMAZE_ENVS)}")
+    _check_settings(steps, seed, noise)
     dataset_id = dataset_id or f"offtune/pointmaze/{maze}-v0"
-    _check_free(dataset_id, force)
     env = make_gym_env(POINTMAZE_ENVS[maze], continuing_task=True, reset_target=True, max_episode_steps=10**6)
+    _check_free(dataset_id, force, env, steps)
     controller = WaypointController(env.unwrapped.maze, np.random.default_rng(seed), noise=noise)
     episodes = run_episodes(
         env, controller, steps, seed, pointmaze_info, split_on_success=True, progress=progress
@@ -253,14 +260,46 @@ def collect_pointmaze(
     )
 
 
-def _check_free(dataset_id: str, force: bool) -> None:
-    """Fail before collecting, not after, when the id is malformed or taken."""
+def _check_settings(steps: int, seed: int, noise: float) -> None:
+    """Refuse numbers the collectors would take without complaint and turn into a useless dataset (a NaN
+    noise makes every action NaN) or a traceback (numpy refuses negative seeds)."""
+    if steps < 1:
+        raise OfftuneError(f"--steps must be at least 1, not {steps}")
+    if seed < 0:
+        raise OfftuneError(f"--seed must be 0 or more, not {seed}")
+    if not (math.isfinite(noise) and noise >= 0):
+        raise OfftuneError(f"--noise is a standard deviation: a finite number, 0 or more, not {noise}")
+
+
+def _check_not_taken(dataset_id: str, force: bool) -> None:
+    """Refuse to overwrite a dataset without ``force``; a folder Minari cannot list (damaged) counts too."""
+    if (datasets_root() / dataset_id).exists() and not force:
+        raise OfftuneError(f"dataset {dataset_id} already exists locally; pass --force to overwrite it")
+
+
+def _space_bytes(space: gym.Space) -> int:
+    """Bytes one element of ``space`` takes as an array (a Dict space: all its parts)."""
+    if isinstance(space, gym.spaces.Dict):
+        return sum(_space_bytes(part) for part in space.spaces.values())
+    return int(np.prod(space.shape or (1,))) * np.dtype(space.dtype or np.float64).itemsize
+
+
+def _check_free(dataset_id: str, force: bool, env: gym.Env, steps: int) -> None:
+    """Fail before collecting, not after, when the id is malformed or taken, or when the steps' observations
+    and actions alone would not fit in memory (where episodes are kept until written) or on the disk."""
     if not valid_dataset_id(dataset_id):
         raise OfftuneError(
             f"'{dataset_id}' is not a valid Minari dataset id: use namespace/name-vN with letters, digits, - and _"
         )
-    if dataset_id in local_ids() and not force:
-        raise OfftuneError(f"dataset {dataset_id} already exists locally; pass --force to overwrite it")
+    _check_not_taken(dataset_id, force)
+    needed = steps * (_space_bytes(env.observation_space) + _space_bytes(env.action_space))
+    memory = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    if needed > memory:
+        raise OfftuneError(
+            f"{steps} steps of {env.spec.id} need at least {needed / 2**30:.1f} GB of memory while collecting; "
+            f"this machine has {memory / 2**30:.1f} GB: collect fewer --steps"
+        )
+    check_room(f"dataset {dataset_id} ({steps} steps of {env.spec.id})", needed)
 
 
 def _shapes(space: gym.Space) -> Any:
@@ -319,6 +358,7 @@ def collect_policy(
     progress: Callable[[int], None] | None = None,
 ) -> minari.MinariDataset:
     """A dataset from an SB3 policy zip with Gaussian action noise, or from uniform random actions."""
+    _check_settings(steps, seed, noise)
     try:
         env = make_gym_env(env_id)
     except gym.error.Error as error:
@@ -329,7 +369,7 @@ def collect_policy(
         )
     kind = "random" if policy_path is None else Path(policy_path).stem.lower().replace("_", "-")
     dataset_id = dataset_id or f"offtune/{env.spec.name.lower()}/{kind}-v0"
-    _check_free(dataset_id, force)
+    _check_free(dataset_id, force, env, steps)
     rng = np.random.default_rng(seed)
     if policy_path is None:
         env.action_space.seed(seed)

@@ -4,7 +4,9 @@
 (:mod:`~offtune.buffers.registry`), open the Minari dataset (:mod:`~offtune.buffers.sources`), fix the
 task (the live env, D4RL's goal in d4rl mode, the observation keys; :mod:`~offtune.buffers.mazes`), then per
 episode flatten the observations, relabel maze rewards to that goal and mark the terminals, and last record
-the :class:`DatasetInfo` the live env, evaluation and export need to see observations the same way.
+the :class:`DatasetInfo` the live env, evaluation and export need to see observations the same way. What
+comes out is checked (finite, shaped as Minari stores it, actions within bounds), so a broken dataset stops
+here with the episode and step at fault instead of training to NaN.
 """
 
 from __future__ import annotations
@@ -16,10 +18,11 @@ from typing import Any
 
 import numpy as np
 
+from offtune.buffers.checks import CHECKSUM_KEY, check_episode, check_values, data_crc
 from offtune.buffers.mazes import D4RL_SUCCESS_RADIUS, MAZE_FAMILIES, TASK_MODES, live_task, success_radius
 from offtune.buffers.registry import REGISTRY as REGISTRY  # re-exported: callers read ``datasets.REGISTRY``
 from offtune.buffers.registry import SUCCESS, RegistryEntry, ScoreRule, resolve
-from offtune.buffers.sources import open_dataset
+from offtune.buffers.sources import damaged, open_dataset, read_episodes
 from offtune.errors import OfftuneError
 
 
@@ -213,21 +216,40 @@ def _episode_transitions(episode: Any, task: _Task) -> tuple[np.ndarray, ...]:
 
 
 def _transitions(dataset: Any, task: _Task) -> tuple[dict[str, np.ndarray], int]:
-    """Every episode's transitions joined into :class:`OfflineData`'s arrays, and the episode count."""
-    episodes = [_episode_transitions(episode, task) for episode in dataset.iterate_episodes()]
-    if not episodes:
-        raise OfftuneError(f"dataset {dataset.id} has no episodes")
-    observations, next_observations, actions, rewards, terminals, ends = (
-        np.concatenate(column) for column in zip(*episodes, strict=True)
-    )
-    arrays = {
-        "observations": observations,
-        "actions": actions.astype(np.float32).reshape(len(rewards), -1),
-        "rewards": rewards.astype(np.float32),
-        "next_observations": next_observations,
-        "terminals": terminals.astype(np.float32),
-        "episode_ends": ends,
-    }
+    """Every episode's transitions joined into :class:`OfflineData`'s arrays, and the episode count; the data
+    are checked on the way (:mod:`~offtune.buffers.checks`)."""
+    from gymnasium import spaces
+
+    action_space = dataset.action_space
+    if not isinstance(action_space, spaces.Box):
+        raise OfftuneError(f"dataset {dataset.id} has a {type(action_space).__name__} action space; offtune needs Box")
+    recorded, crc = dataset.storage.metadata.get(CHECKSUM_KEY), 0
+    episodes, episode_ids = [], []
+    with np.errstate(over="ignore"):  # a value float32 cannot hold becomes inf, which check_values reports
+        for episode in read_episodes(task.entry, dataset):
+            check_episode(dataset.id, episode, dataset.observation_space, action_space)
+            if recorded is not None:
+                crc = data_crc(episode, crc)
+            episodes.append(_episode_transitions(episode, task))
+            episode_ids.append(episode.id)
+        if not episodes:
+            raise OfftuneError(f"dataset {dataset.id} has no episodes")
+        if recorded is not None and crc != recorded:
+            reason = "its data differ from the checksum offtune recorded when it wrote them"
+            raise damaged(task.entry, dataset.id, "main_data.hdf5", reason)
+        observations, next_observations, actions, rewards, terminals, ends = (
+            np.concatenate(column) for column in zip(*episodes, strict=True)
+        )
+        arrays = {
+            "observations": observations,
+            "actions": actions.astype(np.float32).reshape(len(rewards), -1),
+            "rewards": rewards.astype(np.float32),
+            "next_observations": next_observations,
+            "terminals": terminals.astype(np.float32),
+            "episode_ends": ends,
+        }
+    low, high = (np.ravel(bound).astype(np.float64) for bound in (action_space.low, action_space.high))
+    check_values(dataset.id, arrays, np.asarray(episode_ids), low, high)
     return arrays, len(episodes)
 
 
