@@ -72,9 +72,11 @@ def started(run: Path, since: float, delay: float) -> Callable[[], bool]:
 
 
 def saving(run: Path, since: float) -> Callable[[], bool]:
-    """True while the process that started at ``since`` is writing a checkpoint (its temporary file exists)."""
+    """True while the process that started at ``since`` is writing a checkpoint over an earlier ``last.pt``
+    (the new one's temporary file exists)."""
     opened = started(run, since, 0.0)
-    return lambda: opened() and any((run / "checkpoints").glob(".*.tmp"))
+    checkpoints = run / "checkpoints"
+    return lambda: opened() and (checkpoints / "last.pt").exists() and any(checkpoints.glob(".*.tmp"))
 
 
 def stop_when(process: subprocess.Popen, ready: Callable[[], bool], stop: Callable[[], None]) -> tuple[bool, str]:
@@ -165,6 +167,7 @@ def test_pretrain_killed_at_random_moments_and_mid_save_resumes_to_an_uninterrup
     since = time.time()
     process = offtune_process("pretrain", "--resume", run)
     stops.append(stop_when(process, saving(run, since), process.kill)[0])
+    load_checkpoint(run / "checkpoints" / "last.pt")  # the checkpoint before the one cut short is intact
     since = time.time()
     process = offtune_process("pretrain", "--resume", run)
     stops.append(stop_when(process, started(run, since, rng.uniform(0.0, 1.0)), process.kill)[0])
@@ -215,6 +218,7 @@ def test_finetune_killed_at_random_moments_resumes_to_a_consistent_run(tiny_run,
     since = time.time()
     process = offtune_process("finetune", "--resume", run)
     stop_when(process, saving(run, since), process.kill)
+    load_checkpoint(run / "checkpoints" / "last.pt")
     shutil.copytree(run, tmp_path / "copy")
     finish(offtune_process("finetune", "--resume", run))
     again = trainer.finetune(resume=tmp_path / "copy", device="cpu")

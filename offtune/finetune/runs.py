@@ -124,6 +124,7 @@ def new_run_dir(out: str | Path | None, default: Path) -> Path:
 
 
 def refuse_existing_run(path: Path) -> None:
+    """A folder with a run in it is never written into by a fresh run: the message says how to continue it."""
     if not (path / "config.json").exists():
         return
     if (path / "checkpoints" / LAST).exists():
