@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import click
 from rich import box
@@ -13,6 +14,7 @@ from rich.table import Table
 from offtune.buffers import collect as collectors
 from offtune.buffers import datasets, registry, sources, storage
 from offtune.errors import OfftuneError
+from offtune.finetune.runtime import SEED_RANGE
 
 console = Console()
 
@@ -26,12 +28,17 @@ def _rule_label(rule: registry.ScoreRule | None) -> str:
     return {"success": "success %", "raw": "raw"}[rule.kind]
 
 
-def _size(num_bytes: int) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if num_bytes < 1024 or unit == "GB":
-            return f"{num_bytes:.0f} {unit}" if unit == "B" else f"{num_bytes:.1f} {unit}"
-        num_bytes /= 1024
-    return ""
+class _FiniteNonNegative(click.ParamType):
+    """A float that is finite and 0 or more: ``click.FloatRange(min=0)`` lets NaN and inf through, and a NaN
+    noise makes every collected action NaN."""
+
+    name = "float"
+
+    def convert(self, value, param, ctx) -> float:
+        number = click.FLOAT.convert(value, param, ctx)
+        if not (math.isfinite(number) and number >= 0):
+            self.fail(f"{value} is not a finite number >= 0", param, ctx)
+        return number
 
 
 @click.group()
@@ -58,15 +65,15 @@ def list_datasets(only_local: bool) -> None:
             minari_id, local = "[dim]none on Minari[/]", "[dim]n/a[/]"
         else:
             minari_id = entry.minari_id
-            local = f"[green]{_size(storage.local_size(found))}[/]" if found else ""
+            local = f"[green]{storage.human_size(storage.local_size(found))}[/]" if found else ""
             if found and found != entry.minari_id:
-                local = f"[green]{found.rsplit('-', 1)[-1]}, {_size(storage.local_size(found))}[/]"
+                local = f"[green]{found.rsplit('-', 1)[-1]}, {storage.human_size(storage.local_size(found))}[/]"
             if entry.parts and not found:
                 local = "[dim]med+exp[/]"
         table.add_row(entry.name, minari_id, entry.task_mode or "", _rule_label(entry.score_rule), local)
     for other in available:
         if other not in listed:
-            table.add_row("", other, "", "", f"[green]{_size(storage.local_size(other))}[/]")
+            table.add_row("", other, "", "", f"[green]{storage.human_size(storage.local_size(other))}[/]")
     console.print(table)
 
 
@@ -106,10 +113,10 @@ def download(name: str) -> None:
 @click.option("--policy", type=click.Path(dir_okay=False), help="Stable-Baselines3 SAC/TD3/PPO model zip.")
 @click.option("--random", "random_actions", is_flag=True, help="Uniform random actions.")
 @click.option("--steps", type=click.IntRange(min=1), default=100_000, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=click.IntRange(*SEED_RANGE), default=0, show_default=True)
 @click.option(
     "--noise",
-    type=click.FloatRange(min=0.0),
+    type=_FiniteNonNegative(),
     default=None,
     help="Gaussian action noise sigma [default: 0.5 for mazes, 0.1 x half the action range for policies].",
 )
@@ -142,6 +149,8 @@ def collect(name, env_id, policy, random_actions, steps, seed, noise, dataset_id
             raise OfftuneError(
                 "give a dataset name (pointmaze-umaze, ...) or --env with --policy or --random"
             )
+        if random_actions and noise is not None:
+            raise OfftuneError("--noise applies to --policy and to mazes; --random actions take no noise")
         with _progress(steps, dataset_id or env_id) as advance:
             written = collectors.collect_policy(
                 env_id,
@@ -160,7 +169,10 @@ def collect(name, env_id, policy, random_actions, steps, seed, noise, dataset_id
 
 
 class _progress:
-    """A rich progress bar whose ``advance(count)`` the collectors call every thousand steps."""
+    """A rich progress bar whose ``advance(count)`` the collectors call every thousand steps.
+
+    It appears on the first advance, so an option the collector refuses leaves no empty bar behind its error.
+    """
 
     def __init__(self, total: int, label: str) -> None:
         self.bar = Progress(
@@ -173,10 +185,16 @@ class _progress:
             transient=True,
         )
         self.task = self.bar.add_task(f"collecting {label}", total=total)
+        self.started = False
 
     def __enter__(self):
-        self.bar.start()
-        return lambda count: self.bar.advance(self.task, count)
+        def advance(count: int) -> None:
+            self.started = True
+            self.bar.start()
+            self.bar.advance(self.task, count)
+
+        return advance
 
     def __exit__(self, *exc) -> None:
-        self.bar.stop()
+        if self.started:  # stopping a bar never shown would still print a newline
+            self.bar.stop()
