@@ -15,6 +15,9 @@ layers above it. They are the plain gymnasium envs, because a dataset records wh
 Small synthetic datasets with the exact specs of published ones (``write_antmaze_like``,
 ``collect_policy`` with random actions) serve the tests and demos when the real data cannot be
 downloaded.
+
+About 460 lines, kept together because every collector runs the same sequence from here: check its numbers,
+the id and the room before collecting, record episodes, write them with their checksum.
 """
 
 from __future__ import annotations
