@@ -534,6 +534,7 @@ BAD_INPUTS = [
     (["pretrain", "iql", "DATASET", "--device", "cuda:99"], 2, "--device cuda:99 was asked for"),
     (["pretrain", "iql", "DATASET", "--matmul-precision", "low"], 2, "'highest', 'high', 'medium'"),
     (["pretrain", "iql", "DATASET", "--checkpoint-every-minutes", "0"], 2, "'--checkpoint-every-minutes'"),
+    (["pretrain", "iql", "DATASET", "--protocol", "paper"], 2, "'--protocol'"),
     (["pretrain", "iql", "DATASET", "--checkpoint-every-minutes", "nan"], 2, "must be positive, got nan"),
     (["pretrain", "iql", "DATASET", "--config", "missing.yaml"], 2, "config file missing.yaml does not exist"),
     (["pretrain", "iql", "DATASET", "--logger", "nope"], 2, "'--logger'"),

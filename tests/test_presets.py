@@ -9,7 +9,8 @@ from offtune.buffers.transforms import REWARD_TRANSFORMS
 from offtune.errors import OfftuneError
 from offtune.policies import ALGORITHMS
 from offtune.policies.config import apply_overrides
-from offtune.policies.presets import preset
+from offtune.policies.misa import hmc_adaptation_steps
+from offtune.policies.presets import default_steps, preset
 
 FAMILIES = ("locomotion", "antmaze", "pointmaze", "adroit", "kitchen")
 
@@ -124,6 +125,39 @@ def test_misa_family_settings():
 
 
 def test_unknown_family_keeps_defaults_and_unknown_algorithm_is_a_user_error():
-    assert preset("iql", info("mujoco/ant/medium-v0", "other")) == {}
+    assert preset("iql", info("mujoco/ant/medium-v0", "other"), "offline") == {}
     with pytest.raises(OfftuneError, match="Did you mean: spot"):
         preset("spott", info("hopper-medium-v2", "locomotion"))
+
+
+def test_iql_protocols_follow_the_official_scripts():
+    """train_finetune.py's antmaze_finetune_config has no lr decay (offline phase included); train_offline.py
+    configs decay the actor lr with a cosine."""
+    antmaze = info("antmaze-umaze-v2", "antmaze")
+    assert configured("iql", antmaze).cosine_actor_lr is False
+    assert apply_overrides(ALGORITHMS["iql"][0](), preset("iql", antmaze, "offline")).cosine_actor_lr is True
+    assert apply_overrides(ALGORITHMS["iql"][0](), preset("iql", antmaze, "finetune")).cosine_actor_lr is False
+    with pytest.raises(OfftuneError, match="unknown protocol 'ofline'.*offline"):
+        preset("iql", antmaze, "ofline")
+
+
+@pytest.mark.parametrize(("algo", "family", "protocol", "steps"), [
+    ("misa", "locomotion", "offline", 1_200_000),
+    ("misa", "antmaze", "offline", 2_000_000),
+    ("misa", "kitchen", "offline", 1_000_000),
+    ("misa", "adroit", "offline", 1_000_000),
+    ("misa", "antmaze", "finetune", 1_000_000),
+    ("iql", "antmaze", "offline", 1_000_000),
+    ("spot", "locomotion", "offline", 1_000_000),
+])
+def test_training_length_per_protocol(algo, family, protocol, steps):
+    """MISA's experiments/main.py: n_epochs × 1000 steps, 1200 gym, 2000 AntMaze, 1000 Kitchen/Adroit."""
+    assert default_steps(algo, info("x", family), protocol) == steps
+
+
+def test_misa_adapts_its_hmc_step_size_over_80_percent_of_the_burn_in():
+    """algos/misa.py: num_adaptation_steps=int(self.num_burnin_steps * 0.8)."""
+    misa_config = ALGORITHMS["misa"][0]
+    assert hmc_adaptation_steps(misa_config()) == 4
+    assert hmc_adaptation_steps(misa_config(hmc_burnin_steps=10)) == 8
+    assert hmc_adaptation_steps(misa_config(hmc_burnin_steps=10, hmc_adaptation_steps=3)) == 3

@@ -187,3 +187,16 @@ def test_python_api_names_are_the_functions():
 
     assert offtune.finetune is trainer.finetune and offtune.pretrain is trainer.pretrain
     assert callable(offtune.load_policy) and callable(offtune.export)
+
+
+def test_pretraining_records_its_protocol_and_takes_its_settings(pointmaze_dataset, tmp_path):
+    offline = trainer.pretrain("iql", pointmaze_dataset, steps=4, eval_episodes=1, device="cpu", overrides=TINY["iql"],
+                               out=tmp_path / "offline", protocol="offline")
+    finetune_protocol = trainer.pretrain("iql", pointmaze_dataset, steps=4, eval_episodes=1, device="cpu",
+                                         overrides=TINY["iql"], out=tmp_path / "finetune")
+    for result, protocol, cosine in ((offline, "offline", True), (finetune_protocol, "finetune", False)):
+        config = json.loads((result.run_dir / "config.json").read_text())
+        assert config["run"]["protocol"] == protocol
+        assert config["algo_config"]["cosine_actor_lr"] is cosine
+    with pytest.raises(OfftuneError, match="unknown protocol"):
+        trainer.pretrain("iql", pointmaze_dataset, steps=4, out=tmp_path / "bad", protocol="paper")

@@ -18,6 +18,7 @@ from offtune.finetune.runtime import SEED_RANGE
 from offtune.finetune.scores import LOGGERS
 from offtune.policies.checkpoint import load_agent
 from offtune.policies.config import parse_assignments
+from offtune.policies.presets import DEFAULT_PROTOCOL, PROTOCOLS
 
 DEVICE = click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 PRECISION = click.option(
@@ -58,7 +59,12 @@ def _interrupted(error: trainer.Interrupted) -> None:
 @click.command()
 @click.argument("algo", required=False)
 @click.argument("dataset", required=False)
-@click.option("--steps", default=1_000_000, show_default=True, type=POSITIVE, help="Actor-critic updates.")
+@click.option("--steps", default=None, type=POSITIVE,
+              help="Actor-critic updates (default: the protocol's; 1M, MISA offline 1.2M gym, 2M mazes).")
+@click.option("--protocol", type=click.Choice(PROTOCOLS, case_sensitive=False), default=DEFAULT_PROTOCOL,
+              show_default=True,
+              help="finetune: the official fine-tuning scripts' pretraining (IQL keeps its lr constant); "
+                   "offline: the official offline scripts (IQL's cosine lr decay, MISA's longer runs).")
 @SEED
 @DEVICE
 @PRECISION
@@ -75,8 +81,8 @@ def _interrupted(error: trainer.Interrupted) -> None:
 @click.option("--resume", type=click.Path(file_okay=False), default=None, help="Continue an interrupted run.")
 @click.option("--download", is_flag=True, help="Download the dataset if it is not local.")
 @click.pass_context
-def pretrain(ctx, algo, dataset, steps, seed, device, matmul_precision, batch_size, eval_every, eval_episodes,
-             task_mode, out, sets, config_file, logger, checkpoint_minutes, resume, download) -> None:
+def pretrain(ctx, algo, dataset, steps, protocol, seed, device, matmul_precision, batch_size, eval_every,
+             eval_episodes, task_mode, out, sets, config_file, logger, checkpoint_minutes, resume, download) -> None:
     """Pretrain ALGO (iql, spot, misa) offline on DATASET (a D4RL name or a Minari id).
 
     `offtune pretrain --resume DIR` continues an interrupted run with its own settings (a run that stopped
@@ -85,8 +91,8 @@ def pretrain(ctx, algo, dataset, steps, seed, device, matmul_precision, batch_si
     if resume is None and (algo is None or dataset is None):
         raise click.UsageError("ALGO and DATASET are required unless --resume is given")
     if resume is not None:
-        _refuse_with_resume(ctx, ("steps", "seed", "batch_size", "eval_every", "eval_episodes", "task_mode", "out",
-                                  "sets", "config_file"))
+        _refuse_with_resume(ctx, ("steps", "protocol", "seed", "batch_size", "eval_every", "eval_episodes",
+                                  "task_mode", "out", "sets", "config_file"))
     try:
         with RichProgress() as progress:
             result = trainer.pretrain(
@@ -94,7 +100,7 @@ def pretrain(ctx, algo, dataset, steps, seed, device, matmul_precision, batch_si
                 batch_size=batch_size,
                 eval_every=eval_every, eval_episodes=eval_episodes, task_mode=task_mode, out=out,
                 overrides=parse_assignments(sets), config_file=config_file, logger=logger, resume=resume,
-                download=download, progress=progress, checkpoint_minutes=checkpoint_minutes,
+                download=download, progress=progress, checkpoint_minutes=checkpoint_minutes, protocol=protocol,
             )
     except trainer.Interrupted as error:
         _interrupted(error)

@@ -65,6 +65,7 @@ from offtune.finetune.scores import RunDirectory, require_logger
 from offtune.policies.base import Agent
 from offtune.policies.checkpoint import save_checkpoint
 from offtune.policies.config import config_from_dict
+from offtune.policies.presets import DEFAULT_PROTOCOL, check_protocol, default_steps
 
 
 @dataclass
@@ -82,6 +83,8 @@ class PretrainSettings:
     label: str | None = None
     checkpoint_minutes: float = CHECKPOINT_MINUTES
     """Wall-clock minutes between two ``last.pt`` (besides those at evaluations); resuming may change it."""
+    protocol: str = DEFAULT_PROTOCOL
+    """Which official script's settings the run follows (``offtune.policies.presets.PROTOCOLS``)."""
 
     def to_dict(self) -> dict[str, Any]:
         values = {"phase": "offline", **asdict(self)}
@@ -218,6 +221,8 @@ def _resumed_pretrain_settings(resume: str | Path, algo: str | None, dataset: st
         eval_every=run["eval_every"], eval_episodes=run["eval_episodes"], device=str(torch_device),
         matmul_precision=precision, label=run.get("label"),
         checkpoint_minutes=check_minutes(checkpoint_minutes or run.get("checkpoint_minutes", CHECKPOINT_MINUTES)),
+        # Runs from before protocols existed pretrained with the offline scripts' settings.
+        protocol=run.get("protocol", "offline"),
     )
     return settings, recorded
 
@@ -226,7 +231,7 @@ def pretrain(
     algo: str | None = None,
     dataset: str | None = None,
     *,
-    steps: int = 1_000_000,
+    steps: int | None = None,
     seed: int = 0,
     device: str = "auto",
     matmul_precision: str | None = None,
@@ -243,8 +248,13 @@ def pretrain(
     progress: Progress | None = None,
     label: str | None = None,
     checkpoint_minutes: float | None = None,
+    protocol: str = DEFAULT_PROTOCOL,
 ) -> RunResult:
     """Offline phase: ``steps`` actor-critic updates on ``dataset`` (SPOT trains its VAE first).
+
+    ``protocol`` is ``finetune`` (settings of the official fine-tuning scripts' pretraining, e.g. IQL's
+    constant learning rates) or ``offline`` (the official offline scripts, e.g. IQL's cosine actor-lr decay,
+    MISA's 1.2M/2M steps); ``steps`` defaults to the protocol's training length.
 
     ``resume`` continues the run in that folder from its ``last.pt``, or starts it over from its
     ``config.json`` when it stopped before its first checkpoint.
@@ -263,21 +273,23 @@ def pretrain(
     else:
         if algo is None or dataset is None:
             raise OfftuneError("give an algorithm and a dataset to pretrain, or --resume DIR")
-        if steps < 1:
+        if steps is not None and steps < 1:
             raise OfftuneError("--steps must be positive")
         check_seed(seed)
         algorithm(algo)
+        protocol = check_protocol(protocol)
         torch_device, precision = device_and_precision(device, matmul_precision)
         run_path = new_run_dir(out, default_run_dir(algo.lower(), dataset, seed))
         data = datasets.load(dataset, task_mode=task_mode, download=download)
+        steps = steps or default_steps(algo.lower(), data.info, protocol)
         settings = PretrainSettings(
             algo=algo.lower(), dataset=dataset, seed=seed, steps=steps, eval_every=eval_every or min(50_000, steps),
             eval_episodes=eval_episodes or default_eval_episodes(data.info), device=str(torch_device),
             matmul_precision=precision, label=label,
-            checkpoint_minutes=check_minutes(checkpoint_minutes or CHECKPOINT_MINUTES),
+            checkpoint_minutes=check_minutes(checkpoint_minutes or CHECKPOINT_MINUTES), protocol=protocol,
         )
         sets = {**(overrides or {}), **({"batch_size": batch_size} if batch_size else {})}
-        config = build_config(settings.algo, data.info, sets, config_file)
+        config = build_config(settings.algo, data.info, sets, config_file, protocol)
     info, torch_device = data.info, torch.device(settings.device)
     check_batch_memory(config, info, torch_device)
     check_memory(len(data.rewards) * transition_bytes(info), torch_device,

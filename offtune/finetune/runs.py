@@ -30,7 +30,7 @@ from offtune.policies import ALGORITHMS
 from offtune.policies.base import Agent
 from offtune.policies.checkpoint import load_checkpoint, resolve_device
 from offtune.policies.config import apply_overrides, config_to_dict
-from offtune.policies.presets import preset
+from offtune.policies.presets import DEFAULT_PROTOCOL, preset
 
 EVALUATION_SEED_OFFSET = 10_000
 """Evaluation episodes are seeded with the run's seed plus this, apart from the seeds training draws."""
@@ -67,10 +67,11 @@ def build_config(
     info: DatasetInfo,
     overrides: dict[str, Any] | None = None,
     config_file: str | Path | None = None,
+    protocol: str = DEFAULT_PROTOCOL,
 ) -> Any:
-    """Defaults, then the family preset from the official code, then a YAML file, then ``--set``."""
+    """Defaults, then the family and protocol preset from the official code, then a YAML file, then ``--set``."""
     config_cls, _ = algorithm(algo)
-    config = apply_overrides(config_cls(), preset(algo, info))
+    config = apply_overrides(config_cls(), preset(algo.lower(), info, protocol))
     if config_file is not None:
         config = apply_overrides(config, read_yaml_mapping(config_file, "config file"))
     return apply_overrides(config, overrides or {})

@@ -261,8 +261,9 @@ def execute_run(run: RunSpec, plan: SweepPlan, torch_threads: int = 1) -> RunOut
                 trainer.pretrain(run.algo, run.dataset, resume=pretrain_dir)
             else:
                 _fresh(pretrain_dir)
+                # A sweep fine-tunes what it pretrains, so it pretrains as the official fine-tuning scripts do.
                 trainer.pretrain(run.algo, run.dataset, steps=plan.pretrain_steps, out=pretrain_dir,
-                                 overrides=run.overrides, **common)
+                                 overrides=run.overrides, protocol="finetune", **common)
         set_status(run_dir, "running", phase="finetune", node=node)
         if (finetune_dir / "checkpoints" / "last.pt").exists():
             trainer.finetune(resume=finetune_dir)

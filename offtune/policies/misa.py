@@ -104,8 +104,9 @@ class MISAConfig:
     hmc_num_samples: int = 50
     hmc_leapfrog_steps: int = 2
     hmc_step_size: float = 1.0
-    hmc_adaptation_steps: int = 4
-    """The official code adapts the step size over int(0.8 × burn-in) steps."""
+    hmc_adaptation_steps: int | None = None
+    """Steps of step-size adaptation; None is the official ``int(num_burnin_steps * 0.8)`` (MISA
+    ``algos/misa.py``: ``num_adaptation_steps=int(self.num_burnin_steps * 0.8)``)."""
     reward_transform: str = "identity"
     normalize_observations: bool = False
     dataset_action_clip: float = 0.999
@@ -302,6 +303,13 @@ def _frozen(module: nn.Module) -> Iterator[None]:
             param.requires_grad_(True)
 
 
+def hmc_adaptation_steps(config: MISAConfig) -> int:
+    """The configured adaptation length, or the official 80% of the burn-in."""
+    if config.hmc_adaptation_steps is not None:
+        return config.hmc_adaptation_steps
+    return int(config.hmc_burnin_steps * 0.8)
+
+
 class MISAAgent:
     """MISA's networks, optimisers and update; see the module docstring for the losses."""
 
@@ -363,7 +371,7 @@ class MISAAgent:
             num_burnin_steps=cfg.hmc_burnin_steps,
             num_leapfrog_steps=cfg.hmc_leapfrog_steps,
             step_size=cfg.hmc_step_size,
-            num_adaptation_steps=cfg.hmc_adaptation_steps,
+            num_adaptation_steps=hmc_adaptation_steps(cfg),
         )
 
     def update(self, batch: Batch) -> dict[str, torch.Tensor]:

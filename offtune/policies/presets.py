@@ -1,10 +1,12 @@
 """Config overrides per dataset family and task, from the official configs of each algorithm.
 
-``preset(algo, info)`` returns the fields to change on the algorithm's default config (whose defaults are
-the official gym-locomotion values); ``--set`` overrides apply on top. Sources: ikostrikov/
-implicit_q_learning ``configs/*`` (IQL), thuml/SPOT ``configs/offline`` and ``configs/online_finetune``
-(SPOT), the MISA authors' launch script (MISA), CORL's fine-tune configs where the authors published none
-(SPOT on Adroit). Families without an official setting say how their values were chosen.
+``preset(algo, info, protocol)`` returns the fields to change on the algorithm's default config (whose
+defaults are the official gym-locomotion values); ``--set`` overrides apply on top. A protocol names which of
+the official scripts a run follows where they differ: ``finetune`` (pretraining that online fine-tuning will
+continue) or ``offline`` (the offline tables); ``default_steps`` gives each protocol's training length.
+Sources: ikostrikov/implicit_q_learning ``configs/*`` (IQL), thuml/SPOT ``configs/offline`` and
+``configs/online_finetune`` (SPOT), the MISA authors' launch script (MISA), CORL's fine-tune configs where
+the authors published none (SPOT on Adroit). Families without an official setting say how their values were chosen.
 """
 
 from __future__ import annotations
@@ -119,6 +121,48 @@ MISA_FAMILIES: dict[str, dict[str, Any]] = {
 }
 
 
+PROTOCOLS = ("finetune", "offline")
+DEFAULT_PROTOCOL = "finetune"
+
+# Where the official offline and fine-tuning scripts of one algorithm differ, per protocol.
+PROTOCOL_OVERRIDES: dict[str, dict[str, dict[str, Any]]] = {
+    "iql": {
+        # implicit_q_learning configs/antmaze_finetune_config.py: `config.opt_decay_schedule = None  # Don't
+        # decay optimizer lr`, which train_finetune.py applies to the offline phase too; train_offline.py's
+        # configs keep `opt_decay_schedule = "cosine"` (the offline tables), the config's default.
+        "finetune": {"cosine_actor_lr": False},
+    },
+}
+
+# MISA's offline training length: experiments/main.py runs `n_epochs` epochs of `n_train_step_per_epoch`
+# (1000) steps, with n_epochs 1200 on gym-locomotion, 2000 on AntMaze and 1000 on Kitchen and Adroit in the
+# authors' launch script. PointMaze follows AntMaze. Everything else, and every fine-tuning protocol, trains
+# 1M steps offline (IQL `max_steps`, SPOT `max_timesteps`, CORL's fine-tuning configs).
+MISA_OFFLINE_STEPS: dict[str, int] = {
+    "locomotion": 1_200_000,
+    "antmaze": 2_000_000,
+    "pointmaze": 2_000_000,
+    "kitchen": 1_000_000,
+    "adroit": 1_000_000,
+}
+DEFAULT_STEPS = 1_000_000
+
+
+def check_protocol(protocol: str) -> str:
+    key = protocol.lower()
+    if key not in PROTOCOLS:
+        raise OfftuneError(f"unknown protocol '{protocol}'; choose from {', '.join(PROTOCOLS)}."
+                           f"{suggest(key, PROTOCOLS)}")
+    return key
+
+
+def default_steps(algo: str, info: DatasetInfo, protocol: str = DEFAULT_PROTOCOL) -> int:
+    """Offline updates of the official script that ``protocol`` follows."""
+    if algo == "misa" and check_protocol(protocol) == "offline":
+        return MISA_OFFLINE_STEPS.get(info.family, DEFAULT_STEPS)
+    return DEFAULT_STEPS
+
+
 def _task_text(info: DatasetInfo) -> str:
     return f"{info.name} {info.minari_id}".lower()
 
@@ -149,12 +193,14 @@ def _spot_task(info: DatasetInfo) -> dict[str, Any]:
     return overrides
 
 
-def preset(algo: str, info: DatasetInfo) -> dict[str, Any]:
-    """Config overrides for ``algo`` on the dataset ``info`` (family first, then per task)."""
+def preset(algo: str, info: DatasetInfo, protocol: str = DEFAULT_PROTOCOL) -> dict[str, Any]:
+    """Config overrides for ``algo`` on the dataset ``info`` (family, then task, then protocol)."""
     if algo == "iql":
-        return dict(IQL_FAMILIES.get(info.family, {}))
-    if algo == "spot":
-        return {**SPOT_FAMILIES.get(info.family, {}), **_spot_task(info)}
-    if algo == "misa":
-        return dict(MISA_FAMILIES.get(info.family, {}))
-    raise OfftuneError(f"unknown algorithm '{algo}'.{suggest(algo, ('iql', 'spot', 'misa'))}")
+        values = dict(IQL_FAMILIES.get(info.family, {}))
+    elif algo == "spot":
+        values = {**SPOT_FAMILIES.get(info.family, {}), **_spot_task(info)}
+    elif algo == "misa":
+        values = dict(MISA_FAMILIES.get(info.family, {}))
+    else:
+        raise OfftuneError(f"unknown algorithm '{algo}'.{suggest(algo, ('iql', 'spot', 'misa'))}")
+    return {**values, **PROTOCOL_OVERRIDES.get(algo, {}).get(check_protocol(protocol), {})}
