@@ -7,10 +7,10 @@ tune a ~40-number gait (:mod:`offtune.buffers.ant_controller`) but not to train 
 The search steps the ant's own MuJoCo model (gymnasium's ``ant.xml``, the one ``AntMaze_*-v4`` builds its
 maze around, timestep 0.01 x 5 frames) directly, without the gymnasium wrappers: an open floor needs no
 maze, and the bare simulator runs at about twice the env's speed. Every candidate of one generation walks
-the same episode (start heading and four goals 2-4 m apart, each relative to where the ant stands when it
-is set), so candidates are ranked on equal terms. Fitness per goal: how much of the distance the ant removed
-on average over 150 steps, plus 0.5 for coming within 0.45 m; a fall onto the back scores -1 for every goal
-left.
+the same episode (start heading, four goals 2-4 m apart, each relative to where the ant stands when it is
+set, and the Gaussian action noise of 0.2 that the AntMaze collector adds), so candidates are ranked on
+equal terms. Fitness per goal: how much of the distance the ant removed
+on average over 150 steps, plus 0.5 for coming within 0.45 m; a fall scores -1 for every goal left.
 
 Each generation's samples and episode come from random generators seeded by (seed, generation), and the
 simulator is deterministic, so a resumed run equals an uninterrupted one. The checkpoint (CMA-ES state,
@@ -48,6 +48,7 @@ START_SIGMA = 0.2
 VALIDATE_EVERY = 10
 VALIDATION_EPISODES = 8
 REACH_LIMIT = 200
+ACTION_NOISE = 0.2  # the AntMaze collectors' noise: the gait must walk through it
 CHECKPOINT = "checkpoint.json"
 GAIT_FILE = "gait.json"
 LOG_FILE = "progress.jsonl"
@@ -100,25 +101,29 @@ class AntArena:
     def position(self) -> np.ndarray:
         return self.data.qpos[:2].copy()
 
-    def upright(self) -> bool:
-        """Whether the torso's up axis still points up (not lying on its back or side)."""
+    def fallen(self) -> bool:
+        """Whether the torso tipped past 70 degrees or sank to the floor: an ant there rarely gets up again."""
         x, y = self.data.qpos[4], self.data.qpos[5]
-        return 1.0 - 2.0 * (x * x + y * y) > 0.2
+        return 1.0 - 2.0 * (x * x + y * y) < 0.35 or self.data.qpos[2] < 0.3
 
 
 @dataclass(frozen=True)
 class Episode:
-    """A start heading and the goals one after another, each as an offset from where the ant then stands."""
+    """A start heading, the goals one after another (each an offset from where the ant then stands) and the
+    action noise added on the way, per goal and step."""
 
     heading: float
     offsets: np.ndarray
+    noise: np.ndarray
 
     @classmethod
-    def draw(cls, rng: np.random.Generator, goals: int = GOALS_PER_EPISODE) -> Episode:
+    def draw(cls, rng: np.random.Generator) -> Episode:
+        goals = GOALS_PER_EPISODE
         distance = rng.uniform(2.0, 4.0, size=goals)
         angle = rng.uniform(-math.pi, math.pi, size=goals)
         offsets = np.stack([distance * np.cos(angle), distance * np.sin(angle)], axis=1)
-        return cls(float(rng.uniform(-math.pi, math.pi)), offsets)
+        noise = ACTION_NOISE * rng.standard_normal((goals, REACH_LIMIT, 8))
+        return cls(float(rng.uniform(-math.pi, math.pi)), offsets, noise)
 
 
 def walk(
@@ -131,20 +136,21 @@ def walk(
     scores: list[float] = []
     reached_at: list[int | None] = []
     taken = 0
-    for offset in episode.offsets:
+    for offset, noise in zip(episode.offsets, episode.noise, strict=True):
         goal = arena.position() + offset
         start = float(np.linalg.norm(offset))
         distances = np.empty(steps_per_goal)
         reached = None
         for step in range(steps_per_goal):
-            arena.step(controller.act(arena.observation(), arena.position(), goal))
+            action = controller.act(arena.observation(), arena.position(), goal) + noise[step]
+            arena.step(np.clip(action, -1.0, 1.0))
             taken += 1
             distances[step] = math.dist(arena.data.qpos[:2], goal)
             if reached is None and distances[step] <= MINARI_SUCCESS_RADIUS:
                 reached = step + 1
-            if not arena.upright():
+            if arena.fallen():
                 break
-        if not arena.upright():
+        if arena.fallen():
             scores += [-1.0] * (len(episode.offsets) - len(scores))
             reached_at += [None] * (len(episode.offsets) - len(reached_at))
             break
@@ -241,12 +247,12 @@ class Progress:
     best_unit: list[float] | None = None
 
 
-def validate(gait: Gait, seed: int, episodes: int = VALIDATION_EPISODES) -> tuple[float, float, int]:
+def validate(gait: Gait, seed: int) -> tuple[float, float, int]:
     """Success rate (reached within ``REACH_LIMIT`` steps), mean fitness and steps on a fixed set of episodes."""
     arena = AntArena()
     rng = np.random.default_rng([seed, 2**31 - 1])
     reached, scores, taken = [], [], 0
-    for _ in range(episodes):
+    for _ in range(VALIDATION_EPISODES):
         score, reached_at, steps = walk(gait, arena, Episode.draw(rng), REACH_LIMIT)
         scores += score
         reached += [at is not None for at in reached_at]
@@ -371,7 +377,7 @@ class ReachReport:
         return self.reached / self.trials
 
 
-def _reach(env: Any, controller: GoalReachingAnt, goal: np.ndarray, limit: int) -> int | None:
+def _reach(env: Any, controller: GoalReachingAnt, goal: np.ndarray, limit: int, noise: Callable[[], np.ndarray]):
     """Walk toward ``goal`` from the env's current state; the step it came within 0.45 m, or None."""
     maze_env = env.unwrapped
     maze_env.goal = goal
@@ -379,7 +385,7 @@ def _reach(env: Any, controller: GoalReachingAnt, goal: np.ndarray, limit: int) 
     observation = maze_env._get_obs(maze_env.ant_env._get_obs())
     controller.reset()
     for step in range(limit):
-        observation, *_ = env.step(controller(observation))
+        observation, *_ = env.step(np.clip(controller(observation) + noise(), -1.0, 1.0))
         if np.linalg.norm(observation["achieved_goal"] - goal) <= MINARI_SUCCESS_RADIUS:
             return step + 1
     return None
@@ -390,8 +396,11 @@ def _report(steps: list[int | None], limit: int) -> ReachReport:
     return ReachReport(len(steps), len(done), limit, float(np.median(done)) if done else None)
 
 
-def reach_report(gait: Gait | None = None, trials: int = 100, seed: int = 0, limit: int = REACH_LIMIT) -> ReachReport:
-    """Goals 2-4 m away in a random direction, from AntMaze's start pose, in an open ``AntMaze_*-v4`` room."""
+def reach_report(
+    gait: Gait | None = None, trials: int = 100, seed: int = 0, limit: int = REACH_LIMIT, noise: float = 0.0
+) -> ReachReport:
+    """Goals 2-4 m away in a random direction, from AntMaze's start pose, in an open ``AntMaze_*-v4`` room;
+    ``noise`` is the standard deviation of Gaussian noise added to every action (the collector's is 0.2)."""
     env = make_gym_env("AntMaze_UMaze-v4", maze_map=OPEN_MAP, continuing_task=True, reset_target=False)
     controller = GoalReachingAnt(gait)
     rng = np.random.default_rng(seed)
@@ -400,20 +409,24 @@ def reach_report(gait: Gait | None = None, trials: int = 100, seed: int = 0, lim
         observation, _ = env.reset(seed=seed + trial)
         distance, angle = rng.uniform(2.0, 4.0), rng.uniform(-math.pi, math.pi)
         goal = observation["achieved_goal"] + distance * np.array([math.cos(angle), math.sin(angle)])
-        steps.append(_reach(env, controller, goal, limit))
+        steps.append(_reach(env, controller, goal, limit, lambda: noise * rng.standard_normal(8)))
     env.close()
     return _report(steps, limit)
 
 
-def corridor_report(gait: Gait | None = None, trials: int = 20, seed: int = 0, limit: int = 400) -> ReachReport:
+def corridor_report(
+    gait: Gait | None = None, trials: int = 20, seed: int = 0, limit: int = 400, noise: float = 0.0
+) -> ReachReport:
     """8 m straight down a one-cell (4 m wide) ``AntMaze_*-v4`` corridor, in each of the four directions."""
     controller = GoalReachingAnt(gait)
+    rng = np.random.default_rng(seed)
     steps = []
     for index, (maze_map, direction) in enumerate(CORRIDORS.values()):
         env = make_gym_env("AntMaze_UMaze-v4", maze_map=maze_map, continuing_task=True, reset_target=False)
         for trial in range(index, trials, len(CORRIDORS)):
             observation, _ = env.reset(seed=seed + trial)
-            steps.append(_reach(env, controller, observation["achieved_goal"] + 8.0 * np.array(direction), limit))
+            goal = observation["achieved_goal"] + 8.0 * np.array(direction)
+            steps.append(_reach(env, controller, goal, limit, lambda: noise * rng.standard_normal(8)))
         env.close()
     return _report(steps, limit)
 

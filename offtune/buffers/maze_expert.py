@@ -94,10 +94,13 @@ class WaypointController:
         )
         self._aim_at(divmod(following, self.planner.cols))
 
-    def action(self, observation: dict[str, np.ndarray]) -> np.ndarray:
-        """The noiseless PD action (the expert the published datasets' reference scores use)."""
-        position, velocity = observation["achieved_goal"], observation["observation"][2:]
-        goal = observation["desired_goal"]
+    def waypoint(self, observation: dict[str, np.ndarray]) -> np.ndarray:
+        """The point to steer for: the next planned cell's (jittered) centre, or the goal once in its cell.
+
+        A new ``desired_goal`` re-plans from the agent's cell; a waypoint within ``threshold`` hands on to
+        the next. The AntMaze collector steers its ant with the same waypoints.
+        """
+        position, goal = observation["achieved_goal"], observation["desired_goal"]
         if self.goal_xy is None or np.linalg.norm(goal - self.goal_xy) > 1e-3:
             self.goal_xy, self.goal_cell = goal.copy(), self._cell(goal)
             self.target_cell = self._cell(position)
@@ -107,7 +110,13 @@ class WaypointController:
                 self._advance()
         if self.target_cell != self.goal_cell and np.linalg.norm(self.target_xy - position) <= self.threshold:
             self._advance()
-        return np.clip(self.p_gain * (self.target_xy - position) + self.d_gain * velocity, -1.0, 1.0)
+        return self.target_xy
+
+    def action(self, observation: dict[str, np.ndarray]) -> np.ndarray:
+        """The noiseless PD action (the expert the published datasets' reference scores use)."""
+        target = self.waypoint(observation)
+        position, velocity = observation["achieved_goal"], observation["observation"][2:]
+        return np.clip(self.p_gain * (target - position) + self.d_gain * velocity, -1.0, 1.0)
 
     def __call__(self, observation: dict[str, np.ndarray]) -> np.ndarray:
         action = self.action(observation) + self.noise * self.rng.standard_normal(2)

@@ -112,6 +112,16 @@ def _build_registry() -> dict[str, RegistryEntry]:
         entries.append(
             RegistryEntry(f"antmaze-{maze}-v2", f"D4RL/antmaze/{maze}-v1", "antmaze", "d4rl", SUCCESS)
         )
+        entries.append(  # the same recipe with offtune's ant: `offtune dataset collect antmaze-...`
+            RegistryEntry(
+                f"offtune-antmaze-{maze}-v0",
+                f"offtune/antmaze/{maze}-v0",
+                "antmaze",
+                "d4rl",
+                SUCCESS,
+                collect_maze=maze,
+            )
+        )
     for env, (ref_min, ref_max) in LOCOMOTION_REFS.items():
         rule = _d4rl(ref_min, ref_max, env)
         for level in ("medium", "expert"):

@@ -13,6 +13,7 @@ from rich.table import Table
 
 from offtune.buffers import collect as collectors
 from offtune.buffers import datasets, registry, sources, storage
+from offtune.cli import antmaze
 from offtune.errors import OfftuneError
 from offtune.finetune.runtime import SEED_RANGE
 
@@ -84,6 +85,7 @@ def list_datasets(only_local: bool) -> None:
 def info(name: str, task_mode: str | None, as_json: bool) -> None:
     """Ids, spaces, episodes, steps, returns, score rule and task mode of a local dataset."""
     summary = datasets.describe(datasets.load(name, task_mode=task_mode))
+    summary.update(antmaze.goal_counts(summary))
     if as_json:
         click.echo(json.dumps(summary, indent=2))
         return
@@ -122,9 +124,15 @@ def download(name: str) -> None:
 )
 @click.option("--id", "dataset_id", help="Minari id to write (default: offtune/<env>/<kind>-v0).")
 @click.option("--force", is_flag=True, help="Overwrite an existing dataset with the same id.")
-def collect(name, env_id, policy, random_actions, steps, seed, noise, dataset_id, force) -> None:
+@click.option("--kind", type=click.Choice(["play", "diverse"]), help="AntMaze: the published dataset kind.")
+@click.option("--gait", type=click.Path(dir_okay=False), help="AntMaze: a train-controller gait (default: shipped).")
+def collect(name, env_id, policy, random_actions, steps, seed, noise, dataset_id, force, kind, gait) -> None:
     """Write a Minari dataset: `collect pointmaze-umaze` (planner + PD controller, like D4RL's), or
     `collect --env Hopper-v5 --policy model.zip` / `--random`."""
+    if antmaze.handles(name, kind, gait):
+        other_source = bool(env_id or policy or random_actions)
+        antmaze.collect(name, kind, gait, steps, seed, noise, dataset_id, force, other_source, _progress)
+        return
     if name is not None:
         entry = registry.resolve(name)
         if entry.collect_maze is None or env_id or policy or random_actions:
@@ -198,3 +206,7 @@ class _progress:
     def __exit__(self, *exc) -> None:
         if self.started:  # stopping a bar never shown would still print a newline
             self.bar.stop()
+
+
+dataset.add_command(antmaze.train_controller)
+dataset.add_command(antmaze.controller_report)
