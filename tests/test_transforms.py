@@ -1,3 +1,5 @@
+"""Reward transforms and the observation normaliser against numbers worked out by hand."""
+
 import numpy as np
 import pytest
 
@@ -15,6 +17,14 @@ def test_locomotion_scale_uses_the_spread_of_episode_returns():
     transform = reward_transform("locomotion_return_scale", np.array([100.0, 300.0, 500.0]))
     assert transform.scale == pytest.approx(1000.0 / 400.0)
     assert transform(np.array([2.0]))[0] == pytest.approx(5.0)
+
+
+def test_minmax_unit_scales_by_the_spread_of_episode_returns():
+    """MISA's kitchen/adroit transform as offtune has it: r -> 2 r / (max R - min R) - 1 over episode returns R."""
+    transform = reward_transform("minmax_unit", np.array([-2.0, 6.0, 1.0]))
+    assert (transform.scale, transform.shift) == (0.25, -1.0)
+    assert transform(np.array([0.0, 4.0, -2.0])).tolist() == [-1.0, 0.0, -1.5]
+    assert reward_transform("minmax_unit", np.array([3.0, 3.0]))(np.array([5.0])).tolist() == [5.0]
 
 
 def test_composition_applies_left_to_right():
