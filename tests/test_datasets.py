@@ -243,3 +243,15 @@ def test_dataset_info_round_trips_through_json(antmaze_umaze_dataset):
     summary = datasets.describe(data)
     assert summary["steps"] == 240 and summary["episodes"] == 6 and summary["obs_dim"] == 29
     assert summary["score_rule"] == "success rate x 100"
+
+
+def test_eval_env_spec_of_a_gymnasium_0_29_dataset_is_cleaned_as_minari_does():
+    """Specs recorded under gymnasium 0.29 carry fields 1.x's EnvSpec lacks, in any position."""
+    import gymnasium as gym
+
+    spec = gym.spec("Pendulum-v1")
+    legacy = json.loads(spec.to_json())
+    legacy = {"autoreset": False, **legacy, "apply_api_compatibility": False}
+    recorded = datasets.recorded_env_spec(json.dumps(legacy))
+    assert recorded.to_json() == spec.to_json()
+    assert gym.make(recorded).spec.id == "Pendulum-v1"

@@ -166,15 +166,29 @@ class _Task:
     obs_keys: list[str]
 
 
-def _task(entry: RegistryEntry, mode: str | None, dataset: Any) -> _Task:
-    """The task of ``dataset`` from the env specs Minari recorded with it."""
+def recorded_env_spec(spec_json: str) -> Any:
+    """An ``EnvSpec`` from the JSON a dataset recorded, cleaned as Minari's ``recover_environment`` cleans it.
+
+    Datasets written under gymnasium 0.29 record ``apply_api_compatibility`` and ``autoreset``, fields
+    gymnasium 1.x's ``EnvSpec`` no longer has (Minari strips them by string replacement, which misses them
+    in any other position or spacing); every field today's ``EnvSpec`` lacks is dropped here.
+    """
+    from dataclasses import fields
+
     from gymnasium.envs.registration import EnvSpec
 
+    known = {spec_field.name for spec_field in fields(EnvSpec)}
+    recorded = {key: value for key, value in json.loads(spec_json).items() if key in known}
+    return EnvSpec.from_json(json.dumps(recorded))
+
+
+def _task(entry: RegistryEntry, mode: str | None, dataset: Any) -> _Task:
+    """The task of ``dataset`` from the env specs Minari recorded with it."""
     env_spec = dataset.env_spec
     if env_spec is None:
         raise OfftuneError(f"dataset {dataset.id} records no environment spec; offtune needs one")
     eval_json = dataset.storage.metadata.get("eval_env_spec")
-    eval_spec = EnvSpec.from_json(eval_json) if eval_json else env_spec
+    eval_spec = recorded_env_spec(eval_json) if eval_json else env_spec
     live_spec, goal = live_task(entry.family, mode, env_spec, eval_spec)
     keys = OBS_KEYS.get((entry.family, mode)) or default_obs_keys(dataset.observation_space)
     return _Task(entry, mode, env_spec, live_spec, goal, keys)
