@@ -181,6 +181,8 @@ MUTATIONS: tuple[Mutation, ...] = (
          "log_pi = (-0.5 * z.square()).sum(-1)"),
     misa("HMC target without exp(Q)", "return torch.where(inside, log_pi + q,", "return torch.where(inside, log_pi,"),
     misa("HMC target with max over critics", "q = q_at_states(safe).min(0)", "q = q_at_states(safe).max(0)"),
+    misa("HMC adapts over the whole burn-in", "return int(config.hmc_burnin_steps * 0.8)",
+         "return config.hmc_burnin_steps"),
     misa("HMC leapfrog count from the burn-in", "num_leapfrog_steps=cfg.hmc_leapfrog_steps",
          "num_leapfrog_steps=cfg.hmc_burnin_steps"),
     misa("dataset actions not clipped",
