@@ -10,6 +10,8 @@ The module's runs (tiny IQL, 30 steps, 2 evaluation episodes) are fine-tuned fro
 The sweep's live status table is checked too: run names, messages and nodes in brackets are text, not markup.
 """
 
+import csv
+import io
 import json
 import os
 import shutil
@@ -104,6 +106,41 @@ def test_plot_draws_the_runs_the_report_counts(runs, tmp_path, monkeypatch):
     assert len(report["left_out"]) == 2
     left_out = [line.removeprefix("left out: ") for line in plotted.output.splitlines() if line.startswith("left out")]
     assert left_out == report["left_out"]
+
+
+def test_plot_marks_where_online_begins_names_the_score_and_lays_datasets_on_a_grid(runs, tmp_path, monkeypatch):
+    figures = []
+    monkeypatch.setattr(Figure, "savefig", lambda figure, *args, **kwargs: figures.append(figure))
+    monkeypatch.setattr(reports, "PLOT_COLUMNS", 1)
+    reports.plot(reports.aggregate([runs]), tmp_path / "grid.png")
+    (figure,) = figures
+    assert [axis.get_title() for axis in figure.axes] == [OTHER, UMAZE]
+    assert [axis.get_subplotspec().get_geometry()[:2] for axis in figure.axes] == [(2, 1), (2, 1)]
+    for axis in figure.axes:
+        assert axis.get_ylabel() == "success rate × 100"
+        dashed = [list(line.get_xdata()) for line in axis.get_lines() if line.get_linestyle() == "--"]
+        assert dashed == [[30, 30]]  # pretraining's 30 updates, then the online steps
+        assert {text.get_text().strip() for text in axis.texts} == {"offline ◂", "▸ online"}
+
+
+def test_score_rules_become_axis_labels():
+    hopper = "100 x (R - -20.2723) / (3234.3 - -20.2723) [D4RL hopper reference returns]"
+    assert reports.score_label([hopper, hopper]) == "normalised score\n[D4RL hopper reference returns]"
+    assert reports.score_label(["raw return"]) == "raw return"
+
+
+def test_csv_holds_numbers_one_row_per_cell(runs):
+    result = CliRunner().invoke(cli, ["report", str(runs), "--format", "csv"])
+    rows = list(csv.DictReader(io.StringIO(result.stdout)))
+    cells = json.loads(run("report", runs, "--format", "json").output)["cells"]
+    assert list(rows[0]) == ["dataset", "column", "seeds", "before_mean", "before_std", "after_mean", "after_std",
+                             "regret_mean", "rule"]
+    assert [(row["dataset"], row["column"]) for row in rows] == [(c["dataset"], c["column"]) for c in cells]
+    for row, cell in zip(rows, cells, strict=True):
+        assert int(row["seeds"]) == cell["seeds"] and row["rule"] == cell["rule"] == "success rate x 100"
+        for key in ("before_mean", "before_std", "after_mean", "after_std", "regret_mean"):
+            assert (float(row[key]) if row[key] else None) == cell[key]  # a missing number is an empty field
+    assert "left out:" in result.stderr and "left out:" not in result.stdout
 
 
 def test_a_column_without_every_dataset_has_no_total(runs):

@@ -20,7 +20,8 @@ def _print_left_out(result: reports.Report, out: Console) -> None:
 @click.command()
 @click.argument("runs", nargs=-1, required=True, type=click.Path())
 @click.option("--format", "fmt", type=click.Choice(["table", "markdown", "csv", "json"]), default="table",
-              show_default=True)
+              show_default=True,
+              help="table and markdown: the papers' layout; csv and json: each cell's numbers, one record per cell.")
 def report(runs, fmt) -> None:
     """Aggregate RUNS (run directories or folders of them): datasets x algorithms, mean ± std over seeds."""
     result = reports.aggregate(list(runs))
@@ -48,7 +49,8 @@ def report(runs, fmt) -> None:
 @click.argument("runs", nargs=-1, required=True, type=click.Path())
 @click.option("-o", "--output", default="curves.png", show_default=True, type=click.Path(dir_okay=False))
 def plot(runs, output) -> None:
-    """Draw score against step (offline, then online) for RUNS, with a band over seeds: the runs the report counts."""
+    """Draw score against step for RUNS, the runs the report counts: a panel per dataset (a grid), offline updates
+    then online env steps with a dashed line where online begins, a band over seeds."""
     result = reports.aggregate(list(runs))
     path = reports.plot(result, output)
     console.print(f"wrote {escape(str(path))}", soft_wrap=True)

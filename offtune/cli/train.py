@@ -9,6 +9,7 @@ from pathlib import Path
 
 import click
 from click.core import ParameterSource
+from rich.markup import escape
 
 from offtune.cli.display import RichProgress, before_after_table, console, err_console, evaluations_table
 from offtune.finetune import trainer
@@ -16,7 +17,8 @@ from offtune.finetune.evaluate import evaluate as run_evaluation
 from offtune.finetune.online import MAX_ENVS
 from offtune.finetune.runtime import SEED_RANGE
 from offtune.finetune.scores import LOGGERS
-from offtune.policies.checkpoint import load_agent
+from offtune.finetune.video import VIDEO_FORMATS, record_video, video_path
+from offtune.policies.checkpoint import LoadedAgent, load_agent
 from offtune.policies.config import parse_assignments
 from offtune.policies.presets import DEFAULT_PROTOCOL, PROTOCOLS
 
@@ -166,22 +168,58 @@ def finetune(ctx, checkpoint, steps, utd, num_envs, mix, online_ratio, buffer_si
     console.print(f"report: {result.run_dir / 'report.md'}\ncheckpoint: [bold]{result.checkpoint}[/]")
 
 
+def _training_evaluation(loaded: LoadedAgent) -> tuple[int, int]:
+    """The first seed and the episode count the checkpoint's run evaluated with, so that evaluating it again
+    repeats the score in its scores.json (a checkpoint without a run record: seed 0 and the default count)."""
+    run = loaded.checkpoint.get("run", {})
+    episodes = run.get("eval_episodes") or trainer.default_eval_episodes(loaded.info)
+    return run.get("seed", 0) + trainer.EVALUATION_SEED_OFFSET, episodes
+
+
 @click.command()
 @click.argument("checkpoint", type=click.Path())
-@click.option("--episodes", default=None, type=POSITIVE, help="Default: 100 on AntMaze, 10 elsewhere.")
-@SEED
+@click.option("--episodes", default=None, type=POSITIVE,
+              help="Default: as many as training evaluated with; 1 with --video.")
+@click.option("--seed", type=SEED_TYPE, default=None,
+              help="Seed of the first episode. Default: the one training evaluated with (the run's seed + 10000).")
 @DEVICE
+@click.option("--video", type=click.Path(dir_okay=False), default=None,
+              help="Record the episodes, rendered offscreen, as a video file (.mp4 or .gif).")
+@click.option("--format", "video_format", type=click.Choice(VIDEO_FORMATS), default=None,
+              help="Video format. Default: the --video file's suffix, else mp4.")
+@click.option("--max-steps", type=POSITIVE, default=None, help="With --video: cut each episode after N steps.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for machines.")
-def evaluate(checkpoint, episodes, seed, device, as_json) -> None:
-    """Evaluate CHECKPOINT deterministically on its dataset's evaluation env."""
+def evaluate(checkpoint, episodes, seed, device, video, video_format, max_steps, as_json) -> None:
+    """Evaluate CHECKPOINT deterministically on its dataset's evaluation env, with the seeds training used."""
+    if video is None and (video_format is not None or max_steps is not None):
+        raise click.UsageError("--format and --max-steps go with --video")
+    if video is not None:
+        video, video_format = video_path(video, video_format)
     loaded = load_agent(checkpoint, device)
-    episodes = episodes or trainer.default_eval_episodes(loaded.info)
-    result = run_evaluation(loaded.agent, loaded.info, loaded.normalizer, episodes, seed, loaded.device)
+    training_seed, training_episodes = _training_evaluation(loaded)
+    seed = training_seed if seed is None else seed
+    recording = None
+    if video is None:
+        result = run_evaluation(loaded.agent, loaded.info, loaded.normalizer, episodes or training_episodes, seed,
+                                loaded.device)
+    else:
+        recording = record_video(loaded.agent, loaded.info, loaded.normalizer, video, episodes or 1, seed,
+                                 loaded.device, video_format, max_steps)
+        result = recording.evaluation
     summary = {"checkpoint": str(Path(loaded.path)), "dataset": loaded.info.name, "algo": loaded.algo,
                "rule": loaded.info.score_rule.describe(), "seed": seed, **result.summary(),
                "returns": result.returns}
+    if recording is not None:
+        summary["video"] = {"path": str(recording.path), "format": recording.fmt, "frames": recording.frames,
+                            "width": recording.width, "height": recording.height, "fps": recording.fps,
+                            "cut_episodes": recording.cut}
     if as_json:
         click.echo(json.dumps(summary))
         return
-    entry = {"phase": "evaluate", "step": loaded.step, **result.summary()}
+    phase = "evaluate" if recording is None else "video"
+    entry = {"phase": phase, "step": loaded.step, **result.summary()}
     console.print(evaluations_table(f"{loaded.algo.upper()} on {loaded.info.name}", [entry], summary["rule"]))
+    if recording is not None:
+        cut = f"; {recording.cut} episode(s) cut at {max_steps} steps" if recording.cut else ""
+        console.print(f"video: [bold]{escape(str(recording.path))}[/] ({recording.frames} frames of "
+                      f"{recording.width}x{recording.height} at {recording.fps:g} fps{cut})", soft_wrap=True)

@@ -59,9 +59,10 @@ def from_env_actions(actions: np.ndarray, info: DatasetInfo) -> np.ndarray:
     return (2.0 * (actions - low) / (high - low) - 1.0).astype(np.float32)
 
 
-def check_observation_size(envs: gym.vector.VectorEnv, info: DatasetInfo) -> None:
-    """A checkpoint trained on another observation layout must not be run on this env."""
-    size = int(np.prod(envs.single_observation_space.shape))
+def check_observation_size(envs: gym.Env | gym.vector.VectorEnv, info: DatasetInfo) -> None:
+    """A checkpoint trained on another observation layout must not be run on this env (or vector env)."""
+    space = envs.single_observation_space if isinstance(envs, gym.vector.VectorEnv) else envs.observation_space
+    size = int(np.prod(space.shape))
     if size != info.obs_dim:
         raise OfftuneError(
             f"the checkpoint expects observations of size {info.obs_dim}, but the environment of {info.name} "

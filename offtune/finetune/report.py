@@ -14,6 +14,8 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
+import re
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -234,10 +236,33 @@ def table_rows(report: Report) -> tuple[list[str], list[list[str]]]:
     return header, rows
 
 
+CSV_COLUMNS = ("dataset", "column", "seeds", "before_mean", "before_std", "after_mean", "after_std", "regret_mean",
+               "rule")
+
+
+def cell_numbers(report: Report) -> list[dict[str, Any]]:
+    """One record per (dataset, column) with the numbers behind a cell, over seeds: what csv and json hold.
+
+    ``before_*`` are None in pretraining-only cells; ``regret_mean`` is None for envs that report no success.
+    """
+    records = []
+    for (dataset, column), cell in sorted(report.cells.items()):
+        records.append({
+            "dataset": dataset, "column": column, "seeds": len(cell.after),
+            "before_mean": float(np.mean(cell.before)) if cell.before else None,
+            "before_std": float(np.std(cell.before)) if cell.before else None,
+            "after_mean": float(np.mean(cell.after)), "after_std": float(np.std(cell.after)),
+            "regret_mean": float(np.mean(cell.regret)) if cell.regret else None,
+            "rule": "; ".join(sorted({run.rule for run in cell.runs})),
+        })
+    return records
+
+
 def render(report: Report, fmt: str) -> str:
-    """The report as markdown, csv or json text (csv holds the table only, not ``left_out``)."""
-    header, rows = table_rows(report)
+    """The report as markdown, csv or json text: markdown is the table; csv and json hold one record of numbers
+    per cell (csv leaves a missing number empty and holds no ``left_out``)."""
     if fmt == "markdown":
+        header, rows = table_rows(report)
         lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         lines += ["| " + " | ".join(row) + " |" for row in rows]
         cells = "before → after fine-tuning" if any("→" in cell for row in rows for cell in row) else "final score"
@@ -249,59 +274,91 @@ def render(report: Report, fmt: str) -> str:
         return "\n".join(lines) + "\n"
     if fmt == "csv":
         stream = io.StringIO()
-        writer = csv.writer(stream)
-        writer.writerow(header)
-        writer.writerows(rows)
+        writer = csv.DictWriter(stream, CSV_COLUMNS, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(cell_numbers(report))
         return stream.getvalue()
     if fmt == "json":
-        data = {
-            "rules": report.rules,
-            "cells": [
-                {"dataset": d, "column": c, "seeds": len(cell.after), "after_mean": float(np.mean(cell.after)),
-                 "after_std": float(np.std(cell.after)),
-                 "before_mean": float(np.mean(cell.before)) if cell.before else None,
-                 "before_std": float(np.std(cell.before)) if cell.before else None,
-                 "regret_mean": float(np.mean(cell.regret)) if cell.regret else None}
-                for (d, c), cell in sorted(report.cells.items())
-            ],
-            "left_out": report.left_out,
-        }
+        data = {"rules": report.rules, "cells": cell_numbers(report), "left_out": report.left_out}
         return json.dumps(data, indent=2) + "\n"
     raise OfftuneError(f"unknown format '{fmt}'")
 
 
-def curve(record: RunRecord) -> tuple[np.ndarray, np.ndarray]:
-    """A run's (x, score), where its online steps follow its offline steps."""
+def curve(record: RunRecord) -> tuple[np.ndarray, np.ndarray, int | None]:
+    """A run's (x, score) with its online steps after its offline steps, and the x where online begins (None
+    for a run that was only pretrained)."""
     offline = [e for e in record.evaluations if e["phase"] == "offline"]
     online = [e for e in record.evaluations if e["phase"] == "online"]
     offset = max((e["step"] for e in offline), default=0)
     xs = [e["step"] for e in offline] + [offset + e["step"] for e in online]
     ys = [e["score"] for e in offline] + [e["score"] for e in online]
-    return np.asarray(xs), np.asarray(ys)
+    return np.asarray(xs), np.asarray(ys), offset if online else None
+
+
+def score_label(rules: list[str]) -> str:
+    """The y-axis label: what the score is, from the rule scores.json records (``ScoreRule.describe``)."""
+    labels = []
+    for rule in rules:
+        if rule.startswith("success rate"):
+            labels.append("success rate × 100")
+        elif match := re.fullmatch(r"100 x \(R - .*\) / \(.*\) \[(.*)\]", rule):
+            labels.append(f"normalised score\n[{match.group(1)}]")
+        else:
+            labels.append(rule or "score")
+    return "; ".join(dict.fromkeys(labels))
+
+
+PLOT_COLUMNS = 3
 
 
 def plot(report: Report, output: str | Path) -> Path:
-    """Score against step, one line per (dataset, column), with a band of ± std over the runs the table counts."""
+    """Score against step, one panel per dataset (a grid of ``PLOT_COLUMNS`` panels a row) and one line per
+    column, with a band of ± std over the runs the table counts.
+
+    The x-axis is the run's whole life: offline updates, then online env steps from where pretraining ended,
+    marked by a dashed line. One axis rather than an offline and an online panel, so that the jump or dip when
+    online training starts reads directly.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, axes = plt.subplots(1, len(report.datasets), figsize=(5 * len(report.datasets), 3.6), squeeze=False)
-    for axis, dataset in zip(axes[0], report.datasets, strict=True):
+    count = len(report.datasets)
+    columns = min(count, PLOT_COLUMNS)
+    rows = math.ceil(count / columns)
+    figure, axes = plt.subplots(rows, columns, figsize=(4.6 * columns, 3.6 * rows), squeeze=False)
+    for axis in axes.flat[count:]:
+        axis.remove()
+    for axis, dataset in zip(axes.flat, report.datasets, strict=False):
+        boundaries, rules = set(), []
         for (name, column), cell in sorted(report.cells.items()):
             if name != dataset:
                 continue
             seeds = [curve(r) for r in cell.runs]
-            grid = np.unique(np.concatenate([x for x, _ in seeds]))
-            values = np.stack([np.interp(grid, x, y) for x, y in seeds])
+            boundaries |= {start for _, _, start in seeds if start is not None}
+            rules += [r.rule for r in cell.runs]
+            grid = np.unique(np.concatenate([x for x, _, _ in seeds]))
+            values = np.stack([np.interp(grid, x, y) for x, y, _ in seeds])
             mean, std = values.mean(0), values.std(0)
             axis.plot(grid, mean, label=f"{column} ({len(seeds)} seed{'s' * (len(seeds) != 1)})")
             axis.fill_between(grid, mean - std, mean + std, alpha=0.2)
-        axis.set_title(dataset)
-        axis.set_xlabel("step (offline updates, then online env steps)")
-        axis.set_ylabel("score")
-        axis.legend()
+        for boundary in sorted(boundaries):
+            axis.axvline(boundary, color="0.4", linestyle="--", linewidth=1)
+        if boundaries:
+            start = min(boundaries)
+            axis.text(start, 1.0, "offline ◂ ", transform=axis.get_xaxis_transform(), ha="right", va="bottom",
+                      fontsize=8, color="0.3")
+            axis.text(start, 1.0, " ▸ online", transform=axis.get_xaxis_transform(), ha="left", va="bottom",
+                      fontsize=8, color="0.3")
+        axis.set_title(dataset, pad=14 if boundaries else 6)
+        axis.set_xlabel("offline updates, then online env steps")
+        axis.set_ylabel(score_label(rules))
+        if all(rule.startswith("success rate") for rule in rules):
+            axis.set_ylim(-5, 105)  # the whole range, so that panels of success rates compare at a glance
+        axis.ticklabel_format(axis="x", style="sci", scilimits=(-3, 4))
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=8)
     figure.tight_layout()
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
