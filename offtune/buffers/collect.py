@@ -208,11 +208,17 @@ def write_dataset(
     algorithm_name: str = "offtune",
     description: str = "",
     force: bool = False,
+    spaces: tuple[gym.Space, gym.Space] | None = None,
+    metadata: dict[str, Any] | None = None,
 ) -> minari.MinariDataset:
     """Write ``episodes`` as a local Minari dataset with their checksum (:func:`~offtune.buffers.checks.data_crc`);
     an existing id is only replaced with ``force``, and only once the new one is written
-    (:func:`~offtune.buffers.storage.writing_dataset`)."""
+    (:func:`~offtune.buffers.storage.writing_dataset`).
+
+    ``spaces`` (observation, action) replace ``env``'s, so that data recorded for another dataset declare
+    exactly that dataset's spaces; ``metadata`` adds keys to Minari's."""
     _check_not_taken(dataset_id, force)
+    observation_space, action_space = spaces or (None, None)
     with writing_dataset(dataset_id, hdf5_bytes(episodes), replace=force), warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*(code_permalink|author_email|eval_env).*")
         dataset = minari.create_dataset_from_buffers(
@@ -223,11 +229,13 @@ def write_dataset(
             algorithm_name=algorithm_name,
             author="offtune",
             description=description,
+            observation_space=observation_space,
+            action_space=action_space,
         )
         crc = 0
         for episode in episodes:
             crc = data_crc(episode, crc)
-        dataset.storage.update_metadata({CHECKSUM_KEY: crc})
+        dataset.storage.update_metadata({**(metadata or {}), CHECKSUM_KEY: crc})
     return dataset
 
 

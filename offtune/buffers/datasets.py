@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -21,7 +21,7 @@ import numpy as np
 from offtune.buffers.checks import CHECKSUM_KEY, check_episode, check_values, data_crc
 from offtune.buffers.mazes import D4RL_SUCCESS_RADIUS, MAZE_FAMILIES, TASK_MODES, live_task, success_radius
 from offtune.buffers.registry import REGISTRY as REGISTRY  # re-exported: callers read ``datasets.REGISTRY``
-from offtune.buffers.registry import SUCCESS, RegistryEntry, ScoreRule, resolve
+from offtune.buffers.registry import SUCCESS, RegistryEntry, ScoreRule, _guess_family, resolve
 from offtune.buffers.sources import damaged, open_dataset, read_episodes
 from offtune.errors import OfftuneError
 
@@ -329,17 +329,26 @@ def _dataset_info(task: _Task, dataset: Any, obs_dim: int, steps: int, episodes:
 # --- loading ---------------------------------------------------------------------------------------------
 
 
-def load(name: str, task_mode: str | None = None, download: bool = False) -> OfflineData:
+def load(name: str, task_mode: str | None = None, download: bool = False, family: str | None = None) -> OfflineData:
     """Load a dataset as flat float32 transitions plus the :class:`DatasetInfo` that describes them.
 
     Mazes are goal-reaching tasks: rewards are 1 on reaching the goal and those transitions are the only
     terminals; in ``task_mode="d4rl"`` rewards are relabelled to D4RL's single evaluation goal (success
     within 0.5 of the next position), otherwise Minari's own sparse rewards are kept. Elsewhere terminals
     are Minari's terminations. Time-limit truncations are never terminals.
+
+    ``family`` reads the data as that family's task whatever the name suggests: fine-tuning on logged data
+    (``finetune --data``) reads them as the task its checkpoint was trained on. Without it, an id whose words
+    name no family takes the family of the env the data were recorded in, so that a dataset
+    ``finetune --record-dataset`` wrote reads as its source's task under any id.
     """
     entry = resolve(name)
-    mode = _task_mode(entry, task_mode)
+    if family is not None:
+        entry = replace(entry, family=family)
     dataset = open_dataset(entry, download_missing=download)
+    if entry.family == "other" and dataset.env_spec is not None:
+        entry = replace(entry, family=_guess_family(dataset.env_spec.id))
+    mode = _task_mode(entry, task_mode)
     task = _task(entry, mode, dataset)
     arrays, episodes = _transitions(dataset, task)
     info = _dataset_info(task, dataset, arrays["observations"].shape[1], len(arrays["rewards"]), episodes)
