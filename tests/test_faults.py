@@ -557,6 +557,11 @@ BAD_INPUTS = [
     (["finetune", "CKPT", "--out", "/proc/offtune-ft"], 1, "/proc/offtune-ft"),
     (["finetune", "--resume", "RUN"], 2, "holds a pretraining run; resume it with `offtune pretrain --resume`"),
     (["finetune", "--resume", "nowhere"], 2, "holds no run to resume"),
+    (["finetune", "CKPT", "--record-dataset", "DATASET"], 2, "already exists locally; choose another --record-dataset"),
+    (["finetune", "CKPT", "--record-dataset", "no/such id"], 2, "'no/such id' is not a valid Minari dataset id"),
+    (["finetune", "CKPT", "--data", "nosuch/logged/data-v0"], 2, "dataset nosuch/logged/data-v0 is not in"),
+    (["finetune", "CKPT", "--data", "DATASET", "--utd", "2"], 2, "without a live env; leave out --utd"),
+    (["finetune", "--resume", "RUN", "--data", "DATASET"], 2, "leave out --data"),
     # evaluate
     (["evaluate", "CKPT", "--device", "cpu:abc"], 2, "unknown device 'cpu:abc'"),
     (["evaluate", "CKPT", "--device", "cuda:99"], 2, "--device cuda:99 was asked for"),

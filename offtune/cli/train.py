@@ -134,10 +134,17 @@ def pretrain(ctx, algo, dataset, steps, protocol, seed, device, matmul_precision
 @CHECKPOINT_MINUTES
 @click.option("--resume", type=click.Path(file_okay=False), default=None, help="Continue an interrupted run.")
 @click.option("--download", is_flag=True, help="Download the dataset if it is not local.")
+@click.option("--data", metavar="ID", default=None,
+              help="Train on this logged Minari dataset instead of the live env: --steps updates with the online "
+                   "schedules, the logged transitions added to the offline data (evaluation still uses the env).")
+@click.option("--record-dataset", metavar="ID", default=None,
+              help="At the end, write the online transitions as a new Minari dataset ID, declared like the "
+                   "checkpoint's dataset (the env's own observations, actions, rewards and episode ends).")
 @click.pass_context
 def finetune(ctx, checkpoint, steps, utd, num_envs, mix, online_ratio, buffer_size, eval_every, eval_episodes, seed,
-             device, matmul_precision, out, sets, logger, checkpoint_minutes, resume, download) -> None:
-    """Fine-tune CHECKPOINT online in the live environment of its dataset.
+             device, matmul_precision, out, sets, logger, checkpoint_minutes, resume, download, data,
+             record_dataset) -> None:
+    """Fine-tune CHECKPOINT online in the live environment of its dataset, or on logged data (--data).
 
     `offtune finetune --resume DIR` continues an interrupted run with its own settings (a run that stopped
     before its first checkpoint starts over).
@@ -146,7 +153,7 @@ def finetune(ctx, checkpoint, steps, utd, num_envs, mix, online_ratio, buffer_si
         raise click.UsageError("CHECKPOINT is required unless --resume is given")
     if resume is not None:
         _refuse_with_resume(ctx, ("checkpoint", "steps", "utd", "num_envs", "mix", "online_ratio", "buffer_size",
-                                  "eval_every", "eval_episodes", "seed", "out", "sets"))
+                                  "eval_every", "eval_episodes", "seed", "out", "sets", "data", "record_dataset"))
     if mix == "ratio" and online_ratio is None:
         online_ratio = 0.5
     if online_ratio is not None and not 0.0 <= online_ratio <= 1.0:
@@ -158,13 +165,16 @@ def finetune(ctx, checkpoint, steps, utd, num_envs, mix, online_ratio, buffer_si
                 buffer_size=buffer_size, eval_every=eval_every, eval_episodes=eval_episodes, seed=seed,
                 device=device, matmul_precision=matmul_precision, out=out, overrides=parse_assignments(sets),
                 logger=logger, resume=resume, download=download, progress=progress,
-                checkpoint_minutes=checkpoint_minutes,
+                checkpoint_minutes=checkpoint_minutes, data=data, record_dataset=record_dataset,
             )
     except trainer.Interrupted as error:
         _interrupted(error)
     config = json.loads((result.run_dir / "config.json").read_text())
-    console.print(before_after_table("offline → online", config["dataset"]["name"], config["run"]["algo"],
-                                     result.scores))
+    run_settings = config["run"]
+    title = "offline → online" if "data" not in run_settings else f"offline → logged data {run_settings['data']}"
+    console.print(before_after_table(title, config["dataset"]["name"], run_settings["algo"], result.scores))
+    if "record_dataset" in run_settings:
+        console.print(f"online transitions: dataset [bold]{run_settings['record_dataset']}[/]")
     console.print(f"report: {result.run_dir / 'report.md'}\ncheckpoint: [bold]{result.checkpoint}[/]")
 
 

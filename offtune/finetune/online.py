@@ -2,29 +2,40 @@
 through a buffer that mixes the offline data with the online transitions.
 
 ``FinetuneSettings`` is what the user asked for, or what the checkpoint being resumed recorded;
-``OnlineRun`` holds the loop's named state and ``OnlineRun.env_step`` is one step of it.
+``OnlineRun`` holds the loop's named state and ``OnlineRun.env_step`` is one step of it. ``LoggedDataRun``
+is the same run on a logged dataset instead of the live env (``--data``).
 
-``last.pt`` (with the online buffer) is written at every evaluation and, between them, every
-``checkpoint_minutes`` of wall-clock time. A resumed run restores everything but the live envs: episodes
-that were running start again from a reset.
+``last.pt`` (with the online buffer, and the recorded episodes with ``--record-dataset``) is written at every
+evaluation and, between them, every ``checkpoint_minutes`` of wall-clock time. A resumed run restores
+everything but the live envs: episodes that were running start again from a reset.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import gymnasium as gym
 import numpy as np
 import torch
+from gymnasium.envs.registration import EnvSpec
+from minari.data_collector import EpisodeBuffer
 
 from offtune.buffers import datasets
+from offtune.buffers.collect import write_dataset
 from offtune.buffers.datasets import DatasetInfo
-from offtune.buffers.replay import ReplayBuffer
+from offtune.buffers.gym_make import make_gym_env
+from offtune.buffers.replay import Batch, ReplayBuffer
+from offtune.buffers.sources import open_dataset
+from offtune.buffers.storage import datasets_root, valid_dataset_id
 from offtune.buffers.transforms import Normalizer, RewardTransform
 from offtune.errors import OfftuneError
-from offtune.finetune.envs import make_vector_env
+from offtune.finetune.envs import RawEpisodes, make_vector_env, require_live_env
 from offtune.finetune.evaluate import check_observation_size, evaluate, to_env_actions
 from offtune.finetune.report import before_after_cells
 from offtune.finetune.runs import (
@@ -74,6 +85,12 @@ from offtune.policies.config import apply_overrides, config_from_dict
 MAX_ENVS = 1024
 """More envs than this in one process only wait on each other (they step one after another)."""
 
+RECORDED_BY = "offtune_recorded_by"
+"""Metadata key of a dataset ``--record-dataset`` wrote: its run folder, so that resuming that run (killed
+between writing the dataset and ``final.pt``) may write it again, and no other run may."""
+
+EPISODE_FIELDS = ("observations", "actions", "rewards", "terminations", "truncations")
+
 
 @dataclass
 class FinetuneSettings:
@@ -96,16 +113,25 @@ class FinetuneSettings:
     label: str | None = None
     checkpoint_minutes: float = CHECKPOINT_MINUTES
     """Wall-clock minutes between two ``last.pt`` (besides those at evaluations); resuming may change it."""
+    data: str | None = None
+    """A logged Minari dataset to train on instead of the live env (``--data``); ``buffer_size`` is then its
+    number of transitions, so a resumed run can tell that the dataset changed."""
+    record_dataset: str | None = None
+    """The Minari id the online transitions are written to at the end of the run (``--record-dataset``)."""
 
     def to_dict(self) -> dict[str, Any]:
         values = {"phase": "online", **asdict(self)}
-        if values["label"] is None:
-            del values["label"]
+        for optional in ("label", "data", "record_dataset"):
+            if values[optional] is None:
+                del values[optional]
         return values
 
 
 class OnlineRun:
     """The state of one fine-tuning run: agent, mixed buffer, live envs, env-step counter, successes."""
+
+    stage = "online"
+    rate_metric = "env_steps_per_s"
 
     def __init__(self, settings: FinetuneSettings, config: Any, info: DatasetInfo, prepared: PreparedData,
                  agent: Agent, buffer: ReplayBuffer, directory: RunDirectory, device: torch.device,
@@ -127,6 +153,8 @@ class OnlineRun:
         self.last_checkpoint: tuple[Path, int] | None = None
         """``last.pt`` and its step: where the run continues from if it stops now."""
         self.next_checkpoint = time.monotonic() + settings.checkpoint_minutes * 60
+        self.recorded = RawEpisodes(settings.num_envs) if settings.record_dataset else None
+        """The live envs' raw episodes, for ``--record-dataset``."""
 
     def start(self, pretrained: dict[str, Any]) -> None:
         """A fresh run (or one started over): the agent switches to its online settings and the pretrained policy
@@ -139,7 +167,9 @@ class OnlineRun:
     def restore(self, checkpoint: dict[str, Any]) -> None:
         """Continue where ``checkpoint`` (this run's ``last.pt``) stopped, forgetting what was logged after it."""
         set_rng_state(checkpoint["rng"])
-        self.buffer.load_online_state(checkpoint["buffer"])
+        self.restore_buffer(checkpoint["buffer"])
+        if self.recorded is not None:
+            self.recorded.restore([_episode(state, i) for i, state in enumerate(checkpoint["recorded"])])
         self.successes = list(checkpoint["online_successes"])
         self.step = checkpoint["step"]
         self.offline_scores = list(checkpoint["offline_scores"])
@@ -153,17 +183,21 @@ class OnlineRun:
 
     def open_envs(self) -> None:
         """The live envs, reset with the run's seed (episodes cut by an interruption start again)."""
-        self.envs = make_vector_env(self.info, self.settings.num_envs)
+        self.envs = make_vector_env(self.info, self.settings.num_envs, record=self.recorded)
         check_observation_size(self.envs, self.info)
         self.observations, _ = self.envs.reset(seed=[self.settings.seed + i for i in range(self.settings.num_envs)])
 
     def train(self) -> None:
-        self.progress.stage(f"{self.settings.algo.upper()} online", self.settings.steps, self.step)
+        self.progress.stage(f"{self.settings.algo.upper()} {self.stage}", self.settings.steps, self.step)
         self.first_step = self.last_logged = self.step
         self.started = time.perf_counter()
         while self.step < self.settings.steps:
-            self.env_step()
+            self.advance()
             self.stop.check()
+
+    def advance(self) -> None:
+        """One step of the loop: an env step here, an update on the logged data in :class:`LoggedDataRun`."""
+        self.env_step()
 
     def env_step(self) -> None:
         """Act in every env, store the transitions, update ``utd`` times per env step, then log/evaluate/save."""
@@ -181,8 +215,12 @@ class OnlineRun:
         self.observations = next_observations
         for _ in range(self.updates_per_step):
             self.averager.add(self.agent.update(self.buffer.sample(self.config.batch_size)))
+        self.count_steps(settings.num_envs)
 
-        previous, self.step = self.step, min(self.step + settings.num_envs, settings.steps)
+    def count_steps(self, count: int) -> None:
+        """Advance the step counter by ``count``, cool the schedules, then log, evaluate and save at their intervals."""
+        settings = self.settings
+        previous, self.step = self.step, min(self.step + count, settings.steps)
         self.agent.anneal(self.step / settings.steps)
         last = self.step == settings.steps
         if self.step // self.log_every != previous // self.log_every or last:
@@ -210,7 +248,7 @@ class OnlineRun:
         metrics = self.averager.flush()
         if (key := first_non_finite(metrics)) is not None:
             raise diverged(self.step, f"{key} is {metrics[key]}", self.last_checkpoint)
-        metrics["env_steps_per_s"] = (self.step - self.first_step) / max(time.perf_counter() - self.started, 1e-9)
+        metrics[self.rate_metric] = (self.step - self.first_step) / max(time.perf_counter() - self.started, 1e-9)
         if (regret := self.regret()) is not None:
             metrics["regret"] = regret
         self.directory.log_metrics(self.step, "online", metrics)
@@ -236,7 +274,9 @@ class OnlineRun:
         extra: dict[str, Any] = {"run": self.settings.to_dict(), "online_successes": list(self.successes),
                                  "offline_scores": self.offline_scores}
         if with_buffer:
-            extra["buffer"] = self.buffer.online_state()
+            extra["buffer"] = self.buffer_state()
+            if self.recorded is not None:
+                extra["recorded"] = [_episode_state(episode) for episode in self.recorded.episodes()]
         payload = checkpoint_payload(self.settings.algo, self.config, self.info, self.prepared, self.agent,
                                       "online", self.step, self.evaluations(), **extra)
         path = save_checkpoint(self.directory.checkpoints / name, payload)
@@ -252,12 +292,166 @@ class OnlineRun:
             final_scores["regret"] = self.regret()
         self.directory.set_scores(**final_scores)
         write_report(self.directory.path, self.settings.algo, self.info, self.directory.scores)
+        if self.recorded is not None:
+            self.write_dataset()
         return self.save("final.pt", with_buffer=False)
+
+    def buffer_state(self) -> dict[str, Any]:
+        return self.buffer.online_state()
+
+    def restore_buffer(self, state: dict[str, Any]) -> None:
+        self.buffer.load_online_state(state)
+
+    def write_dataset(self) -> None:
+        """The recorded episodes as Minari dataset ``record_dataset``, declared like the dataset the checkpoint
+        was trained on (its spaces, env spec and evaluation env spec), so that it loads like that one: offtune
+        relabels it again on load. The live env the steps were taken in is named in its description."""
+        settings, owner = self.settings, str(self.directory.path.resolve())
+        taken = (datasets_root() / settings.record_dataset).exists()
+        if taken and _recorded_by(settings.record_dataset) != owner:
+            raise OfftuneError(f"dataset {settings.record_dataset} appeared while this run trained; move it away "
+                               f"and finish with --resume {self.directory.path}")
+        source = open_dataset(datasets.resolve(self.info.minari_id))
+        eval_json = source.storage.metadata.get("eval_env_spec")
+        episodes = [dataclasses.replace(episode, id=i) for i, episode in enumerate(self.recorded.episodes())]
+        steps = sum(len(episode.rewards) for episode in episodes)
+        description = (
+            f"Online transitions of `offtune finetune` ({settings.algo}, seed {settings.seed}) from "
+            f"{settings.checkpoint}, stepped in the live env {EnvSpec.from_json(self.info.eval_env_spec).id} of "
+            f"{self.info.minari_id}: {steps} steps in {len(episodes)} episodes. Observations, actions, rewards and "
+            "flags are the env's own; an episode ended by offtune's task or by the end of the run is truncated."
+        )
+        env = make_gym_env(source.env_spec)
+        try:
+            write_dataset(settings.record_dataset, episodes, env, EnvSpec.from_json(eval_json) if eval_json else None,
+                          algorithm_name=f"offtune {settings.algo} fine-tuning", description=description,
+                          force=taken, spaces=(source.observation_space, source.action_space),
+                          metadata={RECORDED_BY: owner})
+        finally:
+            env.close()
 
     def close(self) -> None:
         if self.envs is not None:
             self.envs.close()
             self.envs = None
+
+
+class LoggedDataRun(OnlineRun):
+    """Fine-tuning on a logged dataset instead of the live env (``--data``): an offline phase on the new data
+    with the online phase's settings and schedules (``on_online_start``, then ``anneal`` over ``steps``
+    updates, one per step), evaluated in the live env as usual.
+
+    The buffer holds the checkpoint's offline data plus the logged transitions in the online part, sampled as
+    ``--mix`` says, as it would hold the online transitions had they been collected here. That is what users of
+    d3rlpy and Stable-Baselines3 asked for (d3rlpy #215, #279; SB3 #278, #1414): data collected by deploying a
+    policy appended to the data it was trained on, not replacing it; a pool of only the new, narrow data would
+    let the critics extrapolate where the policy has not been. The logged transitions are reloaded from their
+    dataset on resume (``last.pt`` keeps the sampler's state only), as the offline part is.
+    """
+
+    stage = "offline on logged data"
+    rate_metric = "updates_per_s"
+
+    def open_envs(self) -> None:
+        """No live env to train in: each evaluation builds its own."""
+
+    def advance(self) -> None:
+        self.averager.add(self.agent.update(self.buffer.sample(self.config.batch_size)))
+        self.count_steps(1)
+
+    def buffer_state(self) -> dict[str, Any]:
+        return {"generator": self.buffer.generator.get_state()}
+
+    def restore_buffer(self, state: dict[str, Any]) -> None:
+        self.buffer.generator.set_state(state["generator"])
+
+
+def _tree(value: Any, leaf: Callable[[Any], Any]) -> Any:
+    """``leaf`` applied to every array of a (nested dict of) arrays."""
+    if isinstance(value, dict):
+        return {key: _tree(part, leaf) for key, part in value.items()}
+    return leaf(value)
+
+
+def _episode_state(episode: EpisodeBuffer) -> dict[str, Any]:
+    """A recorded episode as tensors, the only arrays a checkpoint holds (``torch.load(weights_only=True)``)."""
+    return {name: _tree(getattr(episode, name), torch.from_numpy) for name in EPISODE_FIELDS}
+
+
+def _episode(state: dict[str, Any], episode_id: int) -> EpisodeBuffer:
+    return EpisodeBuffer(id=episode_id, **{name: _tree(state[name], torch.Tensor.numpy) for name in EPISODE_FIELDS})
+
+
+def _recorded_by(dataset_id: str) -> str | None:
+    """The run folder that wrote local dataset ``dataset_id`` with ``--record-dataset``, if one did."""
+    try:
+        metadata = json.loads((datasets_root() / dataset_id / "data" / "metadata.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return metadata.get(RECORDED_BY) if isinstance(metadata, dict) else None
+
+
+def _check_record_target(dataset_id: str, run_dir: Path) -> None:
+    """Before training: an id Minari takes and that no dataset has yet (but the one this run wrote, when it is
+    resumed after writing it)."""
+    if not valid_dataset_id(dataset_id):
+        raise OfftuneError(f"--record-dataset {dataset_id!r} is not a valid Minari dataset id: use "
+                           "namespace/name-vN with letters, digits, - and _")
+    if (datasets_root() / dataset_id).exists() and _recorded_by(dataset_id) != str(run_dir.resolve()):
+        raise OfftuneError(f"dataset {dataset_id} already exists locally; choose another --record-dataset id")
+
+
+def _refuse_with_data(utd: int, num_envs: int, buffer_size: int | None, record_dataset: str | None) -> None:
+    """Options of the live env mean nothing on logged data."""
+    given = [option for option, value in (("--utd", utd != 1), ("--num-envs", num_envs != 1),
+                                          ("--buffer-size", buffer_size is not None),
+                                          ("--record-dataset", record_dataset is not None)) if value]
+    if given:
+        raise OfftuneError(f"--data trains on logged transitions, one update per step, without a live env; "
+                           f"leave out {', '.join(given)}")
+
+
+def _observation_size(space: gym.Space, keys: list[str]) -> int:
+    """The size of ``space``'s observations flattened with ``keys`` (the checkpoint's order), or its whole flat
+    size when it lacks one of them."""
+    size = 0
+    for key in keys:
+        part = space
+        for name in key.split("/"):
+            if not isinstance(part, gym.spaces.Dict) or name not in part.spaces:
+                return gym.spaces.flatdim(space)
+            part = part[name]
+        size += gym.spaces.flatdim(part)
+    return size if keys else gym.spaces.flatdim(space)
+
+
+def _logged_transitions(settings: FinetuneSettings, info: DatasetInfo, config: Any, prepared: PreparedData,
+                        download: bool, device: torch.device, resuming: bool) -> Batch:
+    """Dataset ``settings.data`` as the checkpoint's agent sees it: read as the checkpoint's task (its family and
+    task mode, so maze rewards are relabelled to the same goal) and scaled with its normaliser and reward
+    transform. Refused when its observations, actions or goal are not the checkpoint's, or when a resumed run
+    finds it changed."""
+    name = settings.data
+    require_live_env(info, f"evaluating a --data run of {info.name}")
+    opened = open_dataset(datasets.resolve(name), download_missing=download)
+    sizes = (_observation_size(opened.observation_space, info.obs_keys), gym.spaces.flatdim(opened.action_space))
+    if sizes != (info.obs_dim, info.action_dim):
+        raise OfftuneError(f"dataset {name} has observations of size {sizes[0]} and actions of size {sizes[1]}, but "
+                           f"the checkpoint (trained on {info.name}) takes {info.obs_dim} and {info.action_dim}")
+    logged = datasets.load(name, task_mode=info.task_mode, download=download, family=info.family)
+    if (logged.info.action_low, logged.info.action_high) != (info.action_low, info.action_high):
+        raise OfftuneError(f"dataset {name} bounds its actions by {logged.info.action_low}..{logged.info.action_high}, "
+                           f"the checkpoint's env by {info.action_low}..{info.action_high}")
+    if logged.info.goal != info.goal:
+        raise OfftuneError(f"dataset {name} is labelled for the goal {logged.info.goal}, the checkpoint's task has "
+                           f"its goal at {info.goal}")
+    if resuming and len(logged) != settings.buffer_size:
+        raise OfftuneError(f"dataset {name} now holds {len(logged):,} transitions, but the run started on "
+                           f"{settings.buffer_size:,}: it changed, so the run cannot continue; start a new one")
+    settings.buffer_size = len(logged)
+    check_memory(len(logged) * transition_bytes(info), device, f"the {len(logged):,} transitions of {name}",
+                 "use a machine with more memory")
+    return prepare_offline(logged, config, prepared.normalizer, prepared.reward_transform).transitions
 
 
 def _resumed_finetune_settings(resume: str | Path, device: str, matmul_precision: str | None,
@@ -272,6 +466,7 @@ def _resumed_finetune_settings(resume: str | Path, device: str, matmul_precision
         buffer_size=run["buffer_size"], eval_every=run["eval_every"], eval_episodes=run["eval_episodes"],
         device=str(torch_device), matmul_precision=precision, label=run.get("label"),
         checkpoint_minutes=check_minutes(checkpoint_minutes or run.get("checkpoint_minutes", CHECKPOINT_MINUTES)),
+        data=run.get("data"), record_dataset=run.get("record_dataset"),
     )
     return settings, recorded
 
@@ -297,12 +492,19 @@ def finetune(
     progress: Progress | None = None,
     label: str | None = None,
     checkpoint_minutes: float | None = None,
+    data: str | None = None,
+    record_dataset: str | None = None,
 ) -> RunResult:
     """Online phase: ``steps`` env steps in the live env, ``utd`` updates per env step, from a checkpoint.
 
     ``seed`` defaults to the seed the checkpoint was pretrained with. ``resume`` continues the run in that
     folder from its ``last.pt``, or starts it over from its ``config.json`` (and the pretrained checkpoint
     it recorded) when it stopped before its first checkpoint.
+
+    ``data`` (a Minari id) trains on that logged dataset instead of the live env, ``steps`` updates with the
+    online settings (:class:`LoggedDataRun`). ``record_dataset`` (a Minari id no local dataset has) writes the
+    online transitions as a dataset like the checkpoint's, at the end of the run, before ``final.pt``
+    (:meth:`OnlineRun.write_dataset`).
     """
     require_logger(logger)
     resumed = None
@@ -322,6 +524,8 @@ def finetune(
         if buffer_size is not None and buffer_size < num_envs:
             raise OfftuneError(f"--buffer-size must hold one step of every env (--num-envs {num_envs}), "
                                f"got {buffer_size}")
+        if data is not None:
+            _refuse_with_data(utd, num_envs, buffer_size, record_dataset)
         if seed is not None:
             check_seed(seed)
         start_from = load_checkpoint(checkpoint)
@@ -335,23 +539,31 @@ def finetune(
             eval_episodes=eval_episodes or default_eval_episodes(DatasetInfo.from_dict(start_from["dataset"])),
             device=str(torch_device), matmul_precision=precision, label=label,
             checkpoint_minutes=check_minutes(checkpoint_minutes or CHECKPOINT_MINUTES),
+            data=data, record_dataset=record_dataset,
         )
         config = apply_overrides(config_from_dict(algorithm(settings.algo)[0], start_from["config"]), overrides or {})
-        run_path = new_run_dir(out, default_run_dir(settings.algo, settings.dataset, settings.seed, "-ft"))
+        suffix = "-ft" if data is None else "-data"
+        run_path = new_run_dir(out, default_run_dir(settings.algo, settings.dataset, settings.seed, suffix))
     info, torch_device = DatasetInfo.from_dict(start_from["dataset"]), torch.device(settings.device)
+    if settings.record_dataset is not None:
+        _check_record_target(settings.record_dataset, run_path)
     check_batch_memory(config, info, torch_device)
-    check_memory(settings.buffer_size * transition_bytes(info), torch_device,
-                 f"an online buffer of {settings.buffer_size:,} transitions",
-                 "lower --buffer-size (its default is --steps; older transitions are then overwritten)")
+    if settings.data is None:
+        check_memory(settings.buffer_size * transition_bytes(info), torch_device,
+                     f"an online buffer of {settings.buffer_size:,} transitions",
+                     "lower --buffer-size (its default is --steps; older transitions are then overwritten)")
     # The exact Minari id pretraining loaded: the name it was given can resolve to another version by now.
-    data = datasets.load(info.minari_id, task_mode=info.task_mode, download=download)
-    if data.info.obs_dim != info.obs_dim or data.info.action_dim != info.action_dim:
+    source = datasets.load(info.minari_id, task_mode=info.task_mode, download=download)
+    if source.info.obs_dim != info.obs_dim or source.info.action_dim != info.action_dim:
         raise OfftuneError(
             f"the checkpoint expects observations of size {info.obs_dim} and actions of size {info.action_dim}, "
-            f"but dataset {info.name} now gives {data.info.obs_dim} and {data.info.action_dim}"
+            f"but dataset {info.name} now gives {source.info.obs_dim} and {source.info.action_dim}"
         )
-    prepared = prepare_offline(data, config, Normalizer.from_dict(start_from["normalizer"]),
+    prepared = prepare_offline(source, config, Normalizer.from_dict(start_from["normalizer"]),
                                RewardTransform(**start_from["reward_transform"]))
+    logged = None
+    if settings.data is not None:
+        logged = _logged_transitions(settings, info, config, prepared, download, torch_device, resume is not None)
     directory = open_run_directory(run_path, logger, settings, config, info, fresh=resume is None)
     run = None
     try:
@@ -359,9 +571,12 @@ def finetune(
         buffer = ReplayBuffer(info.obs_dim, info.action_dim, prepared.transitions,
                               online_capacity=settings.buffer_size, online_ratio=settings.online_ratio,
                               device=torch_device, seed=settings.seed)
+        if logged is not None:
+            buffer.add(*logged)
         agent = algorithm(settings.algo)[1](info.obs_dim, info.action_dim, config, torch_device)
         agent.load_state_dict(start_from["agent"])
-        run = OnlineRun(settings, config, info, prepared, agent, buffer, directory, torch_device,
+        run_class = OnlineRun if logged is None else LoggedDataRun
+        run = run_class(settings, config, info, prepared, agent, buffer, directory, torch_device,
                         progress or SilentProgress())
         if resumed is not None:
             run.restore(resumed)
