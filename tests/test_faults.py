@@ -562,6 +562,8 @@ BAD_INPUTS = [
     (["finetune", "CKPT", "--data", "nosuch/logged/data-v0"], 2, "dataset nosuch/logged/data-v0 is not in"),
     (["finetune", "CKPT", "--data", "DATASET", "--utd", "2"], 2, "without a live env; leave out --utd"),
     (["finetune", "--resume", "RUN", "--data", "DATASET"], 2, "leave out --data"),
+    (["finetune", "CKPT", "--video-every", "0"], 2, "'--video-every': 0 is not in the range x>=1"),
+    (["finetune", "CKPT", "--video-max-steps", "5"], 2, "--video-max-steps goes with --video-every"),
     # evaluate
     (["evaluate", "CKPT", "--device", "cpu:abc"], 2, "unknown device 'cpu:abc'"),
     (["evaluate", "CKPT", "--device", "cuda:99"], 2, "--device cuda:99 was asked for"),

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import gymnasium as gym
+import imageio.v3 as iio
 import minari
 import numpy as np
 import pytest
@@ -203,3 +204,27 @@ def test_cli_records_and_trains_on_logged_data(pretrained, tmp_path):
     assert "offline → logged data test/cli/online-v0" in logged.output
     table = CliRunner().invoke(cli, ["report", str(tmp_path / "data"), "--format", "json"])
     assert json.loads(table.output)["cells"][0]["seeds"] == 1
+
+
+# --- --video-every --------------------------------------------------------------------------------------
+
+
+def test_videos_at_the_evaluations_past_every_n_steps_and_none_again_after_a_resume(pretrained, tmp_path, ctrl_c_at):
+    """Evaluations at 0, 10, 20, 30, 40; a video at 0, then at the first evaluation at or past each multiple of 15
+    (20, 30). The run stops at 35, after its video at 30: resumed, it records none at 40."""
+    with pytest.raises(trainer.Interrupted):
+        trainer.finetune(pretrained.checkpoint, steps=40, eval_every=10, eval_episodes=1, out=tmp_path / "run",
+                         device="cpu", video_every=15, video_max_steps=3, progress=ctrl_c_at(35))
+    assert load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")["last_video"] == 30
+    trainer.finetune(resume=tmp_path / "run", device="cpu")
+    videos = sorted((tmp_path / "run" / "videos").iterdir())
+    assert [video.name for video in videos] == ["step_0.mp4", "step_20.mp4", "step_30.mp4"]
+    for video in videos:
+        frames = np.stack(list(iio.imiter(video, plugin="FFMPEG")))
+        assert frames.shape == (3 + 1, 480, 480, 3)
+
+
+def test_video_max_steps_goes_with_video_every(pretrained, tmp_path):
+    result = CliRunner().invoke(cli, ["finetune", str(pretrained.checkpoint), "--video-max-steps", "5", "--out",
+                                      str(tmp_path / "run")])
+    assert result.exit_code == 2 and result.output == "error: --video-max-steps goes with --video-every\n"

@@ -140,10 +140,14 @@ def pretrain(ctx, algo, dataset, steps, protocol, seed, device, matmul_precision
 @click.option("--record-dataset", metavar="ID", default=None,
               help="At the end, write the online transitions as a new Minari dataset ID, declared like the "
                    "checkpoint's dataset (the env's own observations, actions, rewards and episode ends).")
+@click.option("--video-every", type=POSITIVE, default=None, metavar="N",
+              help="Record an evaluation episode as a video (run folder videos/step_N.mp4) before the first step, "
+                   "then at the first evaluation at or past every N steps.")
+@click.option("--video-max-steps", type=POSITIVE, default=None, help="With --video-every: cut videos after N steps.")
 @click.pass_context
 def finetune(ctx, checkpoint, steps, utd, num_envs, mix, online_ratio, buffer_size, eval_every, eval_episodes, seed,
              device, matmul_precision, out, sets, logger, checkpoint_minutes, resume, download, data,
-             record_dataset) -> None:
+             record_dataset, video_every, video_max_steps) -> None:
     """Fine-tune CHECKPOINT online in the live environment of its dataset, or on logged data (--data).
 
     `offtune finetune --resume DIR` continues an interrupted run with its own settings (a run that stopped
@@ -153,7 +157,8 @@ def finetune(ctx, checkpoint, steps, utd, num_envs, mix, online_ratio, buffer_si
         raise click.UsageError("CHECKPOINT is required unless --resume is given")
     if resume is not None:
         _refuse_with_resume(ctx, ("checkpoint", "steps", "utd", "num_envs", "mix", "online_ratio", "buffer_size",
-                                  "eval_every", "eval_episodes", "seed", "out", "sets", "data", "record_dataset"))
+                                  "eval_every", "eval_episodes", "seed", "out", "sets", "data", "record_dataset",
+                                  "video_every", "video_max_steps"))
     if mix == "ratio" and online_ratio is None:
         online_ratio = 0.5
     if online_ratio is not None and not 0.0 <= online_ratio <= 1.0:
@@ -166,6 +171,7 @@ def finetune(ctx, checkpoint, steps, utd, num_envs, mix, online_ratio, buffer_si
                 device=device, matmul_precision=matmul_precision, out=out, overrides=parse_assignments(sets),
                 logger=logger, resume=resume, download=download, progress=progress,
                 checkpoint_minutes=checkpoint_minutes, data=data, record_dataset=record_dataset,
+                video_every=video_every, video_max_steps=video_max_steps,
             )
     except trainer.Interrupted as error:
         _interrupted(error)
@@ -175,6 +181,8 @@ def finetune(ctx, checkpoint, steps, utd, num_envs, mix, online_ratio, buffer_si
     console.print(before_after_table(title, config["dataset"]["name"], run_settings["algo"], result.scores))
     if "record_dataset" in run_settings:
         console.print(f"online transitions: dataset [bold]{run_settings['record_dataset']}[/]")
+    if "video_every" in run_settings:
+        console.print(f"videos: {result.run_dir / 'videos'}", markup=False, highlight=False, soft_wrap=True)
     console.print(f"report: {result.run_dir / 'report.md'}\ncheckpoint: [bold]{result.checkpoint}[/]")
 
 

@@ -78,6 +78,7 @@ from offtune.finetune.runtime import (
     set_rng_state,
 )
 from offtune.finetune.scores import RunDirectory, require_logger, write_text_atomically
+from offtune.finetune.video import VideoSchedule
 from offtune.policies.base import Agent
 from offtune.policies.checkpoint import load_checkpoint, save_checkpoint
 from offtune.policies.config import apply_overrides, config_from_dict
@@ -118,10 +119,15 @@ class FinetuneSettings:
     number of transitions, so a resumed run can tell that the dataset changed."""
     record_dataset: str | None = None
     """The Minari id the online transitions are written to at the end of the run (``--record-dataset``)."""
+    video_every: int | None = None
+    """A video at the first evaluation (step 0), then at the first evaluation at or past every multiple of this
+    many steps (``--video-every``), as ``videos/step_N.mp4``."""
+    video_max_steps: int | None = None
+    """Each video episode cut after this many steps (``--video-max-steps``); None: whole episodes."""
 
     def to_dict(self) -> dict[str, Any]:
         values = {"phase": "online", **asdict(self)}
-        for optional in ("label", "data", "record_dataset"):
+        for optional in ("label", "data", "record_dataset", "video_every", "video_max_steps"):
             if values[optional] is None:
                 del values[optional]
         return values
@@ -155,6 +161,10 @@ class OnlineRun:
         self.next_checkpoint = time.monotonic() + settings.checkpoint_minutes * 60
         self.recorded = RawEpisodes(settings.num_envs) if settings.record_dataset else None
         """The live envs' raw episodes, for ``--record-dataset``."""
+        self.videos = None if settings.video_every is None else VideoSchedule(
+            directory.path / "videos", settings.video_every, max_steps=settings.video_max_steps)
+        self.last_video: int | None = None
+        """The step of the latest video (``last.pt`` keeps it, so a resumed run records the same videos)."""
 
     def start(self, pretrained: dict[str, Any]) -> None:
         """A fresh run (or one started over): the agent switches to its online settings and the pretrained policy
@@ -172,6 +182,7 @@ class OnlineRun:
             self.recorded.restore([_episode(state, i) for i, state in enumerate(checkpoint["recorded"])])
         self.successes = list(checkpoint["online_successes"])
         self.step = checkpoint["step"]
+        self.last_video = checkpoint.get("last_video")
         self.offline_scores = list(checkpoint["offline_scores"])
         evaluations = list(checkpoint["scores"])
         scores: dict[str, Any] = {"rule": self.info.score_rule.describe(), "evaluations": evaluations}
@@ -261,6 +272,11 @@ class OnlineRun:
                           self.settings.seed + EVALUATION_SEED_OFFSET, self.device)
         entry = self.directory.add_evaluation("online", self.step, result.summary(), self.info.score_rule.describe())
         self.progress.evaluation("online", self.step, entry)
+        if self.videos is not None and (self.last_video is None
+                                        or self.step // self.videos.every > self.last_video // self.videos.every):
+            self.videos.record(self.agent, self.info, self.prepared.normalizer, self.step,
+                               self.settings.seed + EVALUATION_SEED_OFFSET, self.device)
+            self.last_video = self.step
         return entry
 
     def evaluations(self) -> list[dict[str, Any]]:
@@ -272,7 +288,7 @@ class OnlineRun:
         Weights with NaN are never saved."""
         require_finite_weights(self.agent, self.step, self.last_checkpoint)
         extra: dict[str, Any] = {"run": self.settings.to_dict(), "online_successes": list(self.successes),
-                                 "offline_scores": self.offline_scores}
+                                 "offline_scores": self.offline_scores, "last_video": self.last_video}
         if with_buffer:
             extra["buffer"] = self.buffer_state()
             if self.recorded is not None:
@@ -466,7 +482,8 @@ def _resumed_finetune_settings(resume: str | Path, device: str, matmul_precision
         buffer_size=run["buffer_size"], eval_every=run["eval_every"], eval_episodes=run["eval_episodes"],
         device=str(torch_device), matmul_precision=precision, label=run.get("label"),
         checkpoint_minutes=check_minutes(checkpoint_minutes or run.get("checkpoint_minutes", CHECKPOINT_MINUTES)),
-        data=run.get("data"), record_dataset=run.get("record_dataset"),
+        data=run.get("data"), record_dataset=run.get("record_dataset"), video_every=run.get("video_every"),
+        video_max_steps=run.get("video_max_steps"),
     )
     return settings, recorded
 
@@ -494,6 +511,8 @@ def finetune(
     checkpoint_minutes: float | None = None,
     data: str | None = None,
     record_dataset: str | None = None,
+    video_every: int | None = None,
+    video_max_steps: int | None = None,
 ) -> RunResult:
     """Online phase: ``steps`` env steps in the live env, ``utd`` updates per env step, from a checkpoint.
 
@@ -504,7 +523,8 @@ def finetune(
     ``data`` (a Minari id) trains on that logged dataset instead of the live env, ``steps`` updates with the
     online settings (:class:`LoggedDataRun`). ``record_dataset`` (a Minari id no local dataset has) writes the
     online transitions as a dataset like the checkpoint's, at the end of the run, before ``final.pt``
-    (:meth:`OnlineRun.write_dataset`).
+    (:meth:`OnlineRun.write_dataset`). ``video_every`` records one evaluation episode as a video at step 0,
+    then at the first evaluation past every multiple of it (``video_max_steps`` cuts it), in ``videos/``.
     """
     require_logger(logger)
     resumed = None
@@ -526,6 +546,10 @@ def finetune(
                                f"got {buffer_size}")
         if data is not None:
             _refuse_with_data(utd, num_envs, buffer_size, record_dataset)
+        if video_max_steps is not None and video_every is None:
+            raise OfftuneError("--video-max-steps goes with --video-every")
+        if (video_every is not None and video_every < 1) or (video_max_steps is not None and video_max_steps < 1):
+            raise OfftuneError("--video-every and --video-max-steps must be positive")
         if seed is not None:
             check_seed(seed)
         start_from = load_checkpoint(checkpoint)
@@ -539,7 +563,7 @@ def finetune(
             eval_episodes=eval_episodes or default_eval_episodes(DatasetInfo.from_dict(start_from["dataset"])),
             device=str(torch_device), matmul_precision=precision, label=label,
             checkpoint_minutes=check_minutes(checkpoint_minutes or CHECKPOINT_MINUTES),
-            data=data, record_dataset=record_dataset,
+            data=data, record_dataset=record_dataset, video_every=video_every, video_max_steps=video_max_steps,
         )
         config = apply_overrides(config_from_dict(algorithm(settings.algo)[0], start_from["config"]), overrides or {})
         suffix = "-ft" if data is None else "-data"
