@@ -72,9 +72,11 @@ KINDS = ("play", "diverse")
 
 def recipe_for(name: str, kind: str | None = None) -> AntMazeRecipe:
     """The recipe a collect name asks for: ``antmaze-umaze|medium|large`` plus ``kind`` (play or diverse),
-    or a full name (``antmaze-medium-play``, ``antmaze-umaze-diverse-v2``, ``offtune/antmaze/umaze-v0``)."""
-    stem = re.sub(r"-v\d+$", "", name.lower()).removeprefix("offtune/antmaze/").removeprefix("offtune-")
-    stem = stem.removeprefix("antmaze-")
+    or a full name (``antmaze-medium-play``, ``antmaze-umaze-diverse-v2``, ``D4RL/antmaze/large-play-v1``,
+    ``offtune/antmaze/umaze-v0``)."""
+    stem = re.sub(r"-v\d+$", "", name.lower())
+    for prefix in ("offtune/antmaze/", "d4rl/antmaze/", "offtune-", "antmaze-"):
+        stem = stem.removeprefix(prefix)
     maze, _, named_kind = stem.partition("-")
     if maze not in ("umaze", "medium", "large") or named_kind not in ("", *KINDS):
         raise OfftuneError(

@@ -8,7 +8,9 @@ from collections.abc import Callable
 from typing import Any
 
 import click
+from rich import box
 from rich.console import Console
+from rich.table import Table
 
 from offtune.buffers import ant_training, antmaze_collect
 from offtune.buffers.ant_controller import Gait
@@ -79,7 +81,7 @@ def collect(
 @click.option(
     "--budget",
     type=click.IntRange(min=1),
-    default=6_000_000,
+    default=4_000_000,
     show_default=True,
     help="Env steps in all, validation included (about 4 minutes of one free core per million).",
 )
@@ -107,14 +109,17 @@ def controller_report(gait_file: str | None, trials: int, seed: int, as_json: bo
     gait = Gait.load(gait_file)
     rows = {}
     for noise in (0.0, antmaze_collect.NOISE):
-        rows[f"goal 2-4 m, noise {noise}"] = ant_training.reach_report(gait, trials, seed, noise=noise)
-        rows[f"corridor 8 m, noise {noise}"] = ant_training.corridor_report(gait, trials, seed, noise=noise)
+        rows[("goal 2-4 m away", noise)] = ant_training.reach_report(gait, trials, seed, noise=noise)
+        rows[("8 m corridor", noise)] = ant_training.corridor_report(gait, trials, seed, noise=noise)
     if as_json:
-        click.echo(json.dumps({key: {**vars(report), "rate": report.rate} for key, report in rows.items()}, indent=2))
+        records = [{"measure": m, "noise": n, **vars(r), "rate": r.rate} for (m, n), r in rows.items()]
+        click.echo(json.dumps(records, indent=2))
         return
-    for key, report in rows.items():
-        steps = "-" if report.median_steps is None else f"{report.median_steps:.0f}"
-        console.print(
-            f"{key:<24} reached {report.reached:>4}/{report.trials} ({100 * report.rate:5.1f}%) within "
-            f"{report.limit} steps, median {steps} steps"
-        )
+    table = Table(title=f"goal-reaching ant: {gait_file or 'shipped gait'}", box=box.SIMPLE_HEAD)
+    for column in ("measure", "action noise", "reached", "within", "median steps"):
+        table.add_column(column, justify="left" if column == "measure" else "right")
+    for (measure, noise), report in rows.items():
+        median = "-" if report.median_steps is None else f"{report.median_steps:.0f}"
+        reached = f"{report.reached}/{report.trials} ({100 * report.rate:.0f}%)"
+        table.add_row(measure, f"{noise:g}", reached, f"{report.limit} steps", median)
+    console.print(table)
