@@ -9,25 +9,23 @@ episode's return is its success. Time-limit truncations stay truncations.
 The env underneath comes from :func:`offtune.buffers.gym_make.make_gym_env`, which collecting datasets
 shares; it lives in ``buffers`` because arrows only point down the layers (it is importable from here too).
 
-``RecordRaw`` sits between the two and keeps what the env itself returned (:class:`RawEpisodes`), so that
-fine-tuning can write its online experience as a dataset that looks like the one it came from.
+With ``record``, :class:`offtune.finetune.recording.RecordRaw` sits between the two and keeps what the env itself
+returned, for ``finetune --record-dataset``.
 """
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
 import gymnasium as gym
 import numpy as np
 from gymnasium.envs.registration import EnvSpec
-from minari.data_collector import EpisodeBuffer
 
-from offtune.buffers.collect import EpisodeRecorder
 from offtune.buffers.datasets import DatasetInfo, flatten_observation
 from offtune.buffers.gym_make import make_gym_env
 from offtune.buffers.mazes import MAZE_FAMILIES
 from offtune.errors import OfftuneError
+from offtune.finetune.recording import RawEpisodes, RecordRaw
 
 
 class DatasetTask(gym.Wrapper):
@@ -63,68 +61,6 @@ class DatasetTask(gym.Wrapper):
             env_info["success"] = success
             reward, terminated = float(success), bool(terminated or success)
         return flatten_observation(observation, self.obs_keys), reward, terminated, truncated, env_info
-
-
-class RawEpisodes:
-    """The episodes a run's live envs played, as a Minari dataset stores them: the env's own observations (a
-    dict stays a dict), actions in env units, and the env's own rewards, terminations and truncations, not
-    the task view :class:`DatasetTask` makes of them (the dataset is relabelled again when it is loaded).
-
-    Finished episodes are kept in the order they ended; each env has one running. An episode that did not end
-    by the env's own flags (offtune's maze task ended it on reaching the goal, or the run stopped) is cut with
-    a truncation, as the published maze datasets cut theirs at every goal.
-    """
-
-    def __init__(self, num_envs: int) -> None:
-        self.finished: list[EpisodeBuffer] = []
-        self.running: list[EpisodeRecorder | None] = [None] * num_envs
-
-    def start(self, index: int, observation: Any) -> None:
-        self.cut(index)
-        self.running[index] = EpisodeRecorder(copy.deepcopy(observation), None)
-
-    def add(self, index: int, action: np.ndarray, observation: Any, reward: float, terminated: bool,
-            truncated: bool) -> None:
-        self.running[index].add(action, copy.deepcopy(observation), reward, terminated, truncated, None)
-        if terminated or truncated:
-            self.cut(index)
-
-    def cut(self, index: int) -> None:
-        """End env ``index``'s running episode where it stands (marked truncated unless it ended by itself)."""
-        recorder = self.running[index]
-        if recorder is not None and len(recorder):
-            self.finished.append(recorder.to_buffer(len(self.finished), truncate_end=True))
-        self.running[index] = None
-
-    def episodes(self) -> list[EpisodeBuffer]:
-        """Every episode so far, the running ones cut where they stand: what ``last.pt`` keeps (a resumed run
-        starts its episodes again, like the live envs) and what the dataset gets at the end."""
-        running = [recorder for recorder in self.running if recorder is not None and len(recorder)]
-        cut = [recorder.to_buffer(len(self.finished) + i, truncate_end=True) for i, recorder in enumerate(running)]
-        return [*self.finished, *cut]
-
-    def restore(self, episodes: list[EpisodeBuffer]) -> None:
-        self.finished = list(episodes)
-        self.running = [None] * len(self.running)
-
-
-class RecordRaw(gym.Wrapper):
-    """Hands every reset and step of the env, as the env returned it, to env ``index`` of ``episodes``."""
-
-    def __init__(self, env: gym.Env, episodes: RawEpisodes, index: int) -> None:
-        super().__init__(env)
-        self.episodes, self.index = episodes, index
-
-    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
-        observation, env_info = self.env.reset(seed=seed, options=options)
-        self.episodes.start(self.index, observation)
-        return observation, env_info
-
-    def step(self, action):
-        observation, reward, terminated, truncated, env_info = self.env.step(action)
-        stored = np.asarray(action, dtype=self.action_space.dtype)  # the dataset's action dtype, not float64
-        self.episodes.add(self.index, stored, observation, reward, terminated, truncated)
-        return observation, reward, terminated, truncated, env_info
 
 
 def make_env(info: DatasetInfo, seed: int | None = None, render_mode: str | None = None,

@@ -8,35 +8,36 @@ is the same run on a logged dataset instead of the live env (``--data``).
 ``last.pt`` (with the online buffer, and the recorded episodes with ``--record-dataset``) is written at every
 evaluation and, between them, every ``checkpoint_minutes`` of wall-clock time. A resumed run restores
 everything but the live envs: episodes that were running start again from a reset.
+
+About 500 lines, kept together because the run's state, its two loops (live env, logged data), what its
+checkpoints hold and what ``finetune`` checks and restores on resume change together.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import gymnasium as gym
 import numpy as np
 import torch
-from gymnasium.envs.registration import EnvSpec
-from minari.data_collector import EpisodeBuffer
 
 from offtune.buffers import datasets
-from offtune.buffers.collect import write_dataset
 from offtune.buffers.datasets import DatasetInfo
-from offtune.buffers.gym_make import make_gym_env
-from offtune.buffers.replay import Batch, ReplayBuffer
-from offtune.buffers.sources import open_dataset
-from offtune.buffers.storage import datasets_root, valid_dataset_id
+from offtune.buffers.replay import ReplayBuffer
 from offtune.buffers.transforms import Normalizer, RewardTransform
 from offtune.errors import OfftuneError
-from offtune.finetune.envs import RawEpisodes, make_vector_env, require_live_env
+from offtune.finetune.envs import make_vector_env
 from offtune.finetune.evaluate import check_observation_size, evaluate, to_env_actions
+from offtune.finetune.logged import logged_transitions, refuse_live_env_options
+from offtune.finetune.recording import (
+    RawEpisodes,
+    check_record_target,
+    episode_from_state,
+    episode_state,
+    write_recorded,
+)
 from offtune.finetune.report import before_after_cells
 from offtune.finetune.runs import (
     CHECKPOINT_MINUTES,
@@ -85,12 +86,6 @@ from offtune.policies.config import apply_overrides, config_from_dict
 
 MAX_ENVS = 1024
 """More envs than this in one process only wait on each other (they step one after another)."""
-
-RECORDED_BY = "offtune_recorded_by"
-"""Metadata key of a dataset ``--record-dataset`` wrote: its run folder, so that resuming that run (killed
-between writing the dataset and ``final.pt``) may write it again, and no other run may."""
-
-EPISODE_FIELDS = ("observations", "actions", "rewards", "terminations", "truncations")
 
 
 @dataclass
@@ -179,7 +174,7 @@ class OnlineRun:
         set_rng_state(checkpoint["rng"])
         self.restore_buffer(checkpoint["buffer"])
         if self.recorded is not None:
-            self.recorded.restore([_episode(state, i) for i, state in enumerate(checkpoint["recorded"])])
+            self.recorded.restore([episode_from_state(state, i) for i, state in enumerate(checkpoint["recorded"])])
         self.successes = list(checkpoint["online_successes"])
         self.step = checkpoint["step"]
         self.last_video = checkpoint.get("last_video")
@@ -292,7 +287,7 @@ class OnlineRun:
         if with_buffer:
             extra["buffer"] = self.buffer_state()
             if self.recorded is not None:
-                extra["recorded"] = [_episode_state(episode) for episode in self.recorded.episodes()]
+                extra["recorded"] = [episode_state(episode) for episode in self.recorded.episodes()]
         payload = checkpoint_payload(self.settings.algo, self.config, self.info, self.prepared, self.agent,
                                       "online", self.step, self.evaluations(), **extra)
         path = save_checkpoint(self.directory.checkpoints / name, payload)
@@ -319,32 +314,10 @@ class OnlineRun:
         self.buffer.load_online_state(state)
 
     def write_dataset(self) -> None:
-        """The recorded episodes as Minari dataset ``record_dataset``, declared like the dataset the checkpoint
-        was trained on (its spaces, env spec and evaluation env spec), so that it loads like that one: offtune
-        relabels it again on load. The live env the steps were taken in is named in its description."""
-        settings, owner = self.settings, str(self.directory.path.resolve())
-        taken = (datasets_root() / settings.record_dataset).exists()
-        if taken and _recorded_by(settings.record_dataset) != owner:
-            raise OfftuneError(f"dataset {settings.record_dataset} appeared while this run trained; move it away "
-                               f"and finish with --resume {self.directory.path}")
-        source = open_dataset(datasets.resolve(self.info.minari_id))
-        eval_json = source.storage.metadata.get("eval_env_spec")
-        episodes = [dataclasses.replace(episode, id=i) for i, episode in enumerate(self.recorded.episodes())]
-        steps = sum(len(episode.rewards) for episode in episodes)
-        description = (
-            f"Online transitions of `offtune finetune` ({settings.algo}, seed {settings.seed}) from "
-            f"{settings.checkpoint}, stepped in the live env {EnvSpec.from_json(self.info.eval_env_spec).id} of "
-            f"{self.info.minari_id}: {steps} steps in {len(episodes)} episodes. Observations, actions, rewards and "
-            "flags are the env's own; an episode ended by offtune's task or by the end of the run is truncated."
-        )
-        env = make_gym_env(source.env_spec)
-        try:
-            write_dataset(settings.record_dataset, episodes, env, EnvSpec.from_json(eval_json) if eval_json else None,
-                          algorithm_name=f"offtune {settings.algo} fine-tuning", description=description,
-                          force=taken, spaces=(source.observation_space, source.action_space),
-                          metadata={RECORDED_BY: owner})
-        finally:
-            env.close()
+        """The recorded episodes as Minari dataset ``record_dataset``, declared like the checkpoint's dataset."""
+        settings = self.settings
+        write_recorded(settings.record_dataset, self.recorded.episodes(), self.info, self.directory.path,
+                       settings.algo, f"`offtune finetune` (seed {settings.seed}) from {settings.checkpoint}")
 
     def close(self) -> None:
         if self.envs is not None:
@@ -380,94 +353,6 @@ class LoggedDataRun(OnlineRun):
 
     def restore_buffer(self, state: dict[str, Any]) -> None:
         self.buffer.generator.set_state(state["generator"])
-
-
-def _tree(value: Any, leaf: Callable[[Any], Any]) -> Any:
-    """``leaf`` applied to every array of a (nested dict of) arrays."""
-    if isinstance(value, dict):
-        return {key: _tree(part, leaf) for key, part in value.items()}
-    return leaf(value)
-
-
-def _episode_state(episode: EpisodeBuffer) -> dict[str, Any]:
-    """A recorded episode as tensors, the only arrays a checkpoint holds (``torch.load(weights_only=True)``)."""
-    return {name: _tree(getattr(episode, name), torch.from_numpy) for name in EPISODE_FIELDS}
-
-
-def _episode(state: dict[str, Any], episode_id: int) -> EpisodeBuffer:
-    return EpisodeBuffer(id=episode_id, **{name: _tree(state[name], torch.Tensor.numpy) for name in EPISODE_FIELDS})
-
-
-def _recorded_by(dataset_id: str) -> str | None:
-    """The run folder that wrote local dataset ``dataset_id`` with ``--record-dataset``, if one did."""
-    try:
-        metadata = json.loads((datasets_root() / dataset_id / "data" / "metadata.json").read_text())
-    except (OSError, ValueError):
-        return None
-    return metadata.get(RECORDED_BY) if isinstance(metadata, dict) else None
-
-
-def _check_record_target(dataset_id: str, run_dir: Path) -> None:
-    """Before training: an id Minari takes and that no dataset has yet (but the one this run wrote, when it is
-    resumed after writing it)."""
-    if not valid_dataset_id(dataset_id):
-        raise OfftuneError(f"--record-dataset {dataset_id!r} is not a valid Minari dataset id: use "
-                           "namespace/name-vN with letters, digits, - and _")
-    if (datasets_root() / dataset_id).exists() and _recorded_by(dataset_id) != str(run_dir.resolve()):
-        raise OfftuneError(f"dataset {dataset_id} already exists locally; choose another --record-dataset id")
-
-
-def _refuse_with_data(utd: int, num_envs: int, buffer_size: int | None, record_dataset: str | None) -> None:
-    """Options of the live env mean nothing on logged data."""
-    given = [option for option, value in (("--utd", utd != 1), ("--num-envs", num_envs != 1),
-                                          ("--buffer-size", buffer_size is not None),
-                                          ("--record-dataset", record_dataset is not None)) if value]
-    if given:
-        raise OfftuneError(f"--data trains on logged transitions, one update per step, without a live env; "
-                           f"leave out {', '.join(given)}")
-
-
-def _observation_size(space: gym.Space, keys: list[str]) -> int:
-    """The size of ``space``'s observations flattened with ``keys`` (the checkpoint's order), or its whole flat
-    size when it lacks one of them."""
-    size = 0
-    for key in keys:
-        part = space
-        for name in key.split("/"):
-            if not isinstance(part, gym.spaces.Dict) or name not in part.spaces:
-                return gym.spaces.flatdim(space)
-            part = part[name]
-        size += gym.spaces.flatdim(part)
-    return size if keys else gym.spaces.flatdim(space)
-
-
-def _logged_transitions(settings: FinetuneSettings, info: DatasetInfo, config: Any, prepared: PreparedData,
-                        download: bool, device: torch.device, resuming: bool) -> Batch:
-    """Dataset ``settings.data`` as the checkpoint's agent sees it: read as the checkpoint's task (its family and
-    task mode, so maze rewards are relabelled to the same goal) and scaled with its normaliser and reward
-    transform. Refused when its observations, actions or goal are not the checkpoint's, or when a resumed run
-    finds it changed."""
-    name = settings.data
-    require_live_env(info, f"evaluating a --data run of {info.name}")
-    opened = open_dataset(datasets.resolve(name), download_missing=download)
-    sizes = (_observation_size(opened.observation_space, info.obs_keys), gym.spaces.flatdim(opened.action_space))
-    if sizes != (info.obs_dim, info.action_dim):
-        raise OfftuneError(f"dataset {name} has observations of size {sizes[0]} and actions of size {sizes[1]}, but "
-                           f"the checkpoint (trained on {info.name}) takes {info.obs_dim} and {info.action_dim}")
-    logged = datasets.load(name, task_mode=info.task_mode, download=download, family=info.family)
-    if (logged.info.action_low, logged.info.action_high) != (info.action_low, info.action_high):
-        raise OfftuneError(f"dataset {name} bounds its actions by {logged.info.action_low}..{logged.info.action_high}, "
-                           f"the checkpoint's env by {info.action_low}..{info.action_high}")
-    if logged.info.goal != info.goal:
-        raise OfftuneError(f"dataset {name} is labelled for the goal {logged.info.goal}, the checkpoint's task has "
-                           f"its goal at {info.goal}")
-    if resuming and len(logged) != settings.buffer_size:
-        raise OfftuneError(f"dataset {name} now holds {len(logged):,} transitions, but the run started on "
-                           f"{settings.buffer_size:,}: it changed, so the run cannot continue; start a new one")
-    settings.buffer_size = len(logged)
-    check_memory(len(logged) * transition_bytes(info), device, f"the {len(logged):,} transitions of {name}",
-                 "use a machine with more memory")
-    return prepare_offline(logged, config, prepared.normalizer, prepared.reward_transform).transitions
 
 
 def _resumed_finetune_settings(resume: str | Path, device: str, matmul_precision: str | None,
@@ -545,7 +430,7 @@ def finetune(
             raise OfftuneError(f"--buffer-size must hold one step of every env (--num-envs {num_envs}), "
                                f"got {buffer_size}")
         if data is not None:
-            _refuse_with_data(utd, num_envs, buffer_size, record_dataset)
+            refuse_live_env_options(utd, num_envs, buffer_size, record_dataset)
         if video_max_steps is not None and video_every is None:
             raise OfftuneError("--video-max-steps goes with --video-every")
         if (video_every is not None and video_every < 1) or (video_max_steps is not None and video_max_steps < 1):
@@ -570,7 +455,7 @@ def finetune(
         run_path = new_run_dir(out, default_run_dir(settings.algo, settings.dataset, settings.seed, suffix))
     info, torch_device = DatasetInfo.from_dict(start_from["dataset"]), torch.device(settings.device)
     if settings.record_dataset is not None:
-        _check_record_target(settings.record_dataset, run_path)
+        check_record_target(settings.record_dataset, run_path)
     check_batch_memory(config, info, torch_device)
     if settings.data is None:
         check_memory(settings.buffer_size * transition_bytes(info), torch_device,
@@ -587,7 +472,10 @@ def finetune(
                                RewardTransform(**start_from["reward_transform"]))
     logged = None
     if settings.data is not None:
-        logged = _logged_transitions(settings, info, config, prepared, download, torch_device, resume is not None)
+        # buffer_size is the number of logged transitions, by which a resumed run sees the dataset unchanged.
+        logged = logged_transitions(settings.data, info, config, prepared, download, torch_device,
+                                    settings.buffer_size if resume is not None else None)
+        settings.buffer_size = len(logged.rewards)
     directory = open_run_directory(run_path, logger, settings, config, info, fresh=resume is None)
     run = None
     try:
