@@ -19,12 +19,13 @@ def test_locomotion_scale_uses_the_spread_of_episode_returns():
     assert transform(np.array([2.0]))[0] == pytest.approx(5.0)
 
 
-def test_minmax_unit_scales_by_the_spread_of_episode_returns():
-    """MISA's kitchen/adroit transform as offtune has it: r -> 2 r / (max R - min R) - 1 over episode returns R."""
-    transform = reward_transform("minmax_unit", np.array([-2.0, 6.0, 1.0]))
-    assert (transform.scale, transform.shift) == (0.25, -1.0)
-    assert transform(np.array([0.0, 4.0, -2.0])).tolist() == [-1.0, 0.0, -1.5]
-    assert reward_transform("minmax_unit", np.array([3.0, 3.0]))(np.array([5.0])).tolist() == [5.0]
+def test_minmax_unit_maps_the_step_reward_range_onto_minus_one_one():
+    """MISA's experiments/main.py: (r - min_r) / (max_r - min_r), then (x - 0.5) * 2, over step rewards."""
+    step_rewards = np.array([1.0, 5.0, 2.0, 3.0])
+    transform = reward_transform("minmax_unit", np.array([100.0, -50.0]), step_rewards)
+    assert (transform.scale, transform.shift) == (0.5, -1.5)
+    assert transform(np.array([1.0, 5.0, 3.0, 2.0])).tolist() == [-1.0, 1.0, 0.0, -0.5]
+    assert reward_transform("minmax_unit", np.array([3.0]), np.array([2.0, 2.0]))(np.array([5.0])).tolist() == [5.0]
 
 
 def test_composition_applies_left_to_right():

@@ -35,37 +35,51 @@ class RewardTransform:
         return {"scale": self.scale, "shift": self.shift, "name": self.name}
 
 
-def identity(_returns: np.ndarray) -> RewardTransform:
+@dataclass(frozen=True)
+class RewardStatistics:
+    """What a transform may read off the offline dataset: its per-step rewards and its episode returns."""
+
+    step_rewards: np.ndarray
+    episode_returns: np.ndarray
+
+
+def identity(_statistics: RewardStatistics) -> RewardTransform:
     return RewardTransform()
 
 
-def antmaze_minus_one(_returns: np.ndarray) -> RewardTransform:
+def antmaze_minus_one(_statistics: RewardStatistics) -> RewardTransform:
     """IQL and SPOT on AntMaze: r - 1, i.e. -1 per step and 0 at the goal."""
     return RewardTransform(1.0, -1.0, "antmaze_minus_one")
 
 
-def antmaze_misa(_returns: np.ndarray) -> RewardTransform:
+def antmaze_misa(_statistics: RewardStatistics) -> RewardTransform:
     """MISA on AntMaze: 4 (r - 0.5), i.e. rewards in {-2, +2}."""
     return RewardTransform(4.0, -2.0, "antmaze_misa")
 
 
-def locomotion_return_scale(returns: np.ndarray) -> RewardTransform:
+def locomotion_return_scale(statistics: RewardStatistics) -> RewardTransform:
     """IQL on locomotion: r * 1000 / (max episode return - min episode return)."""
+    returns = statistics.episode_returns
     spread = float(np.max(returns) - np.min(returns)) if len(returns) else 0.0
     if spread <= 0.0:
         raise OfftuneError("locomotion_return_scale needs episodes with different returns")
     return RewardTransform(1000.0 / spread, 0.0, "locomotion_return_scale")
 
 
-def minmax_unit(returns: np.ndarray) -> RewardTransform:
-    """MISA on kitchen/adroit: map episode returns' range onto [-1, 1] (applied per step)."""
-    spread = float(np.max(returns) - np.min(returns)) if len(returns) else 0.0
-    if spread <= 0.0:
+def minmax_unit(statistics: RewardStatistics) -> RewardTransform:
+    """MISA on kitchen/adroit: the dataset's per-step reward range onto [-1, 1].
+
+    MISA ``experiments/main.py``: ``(r - min_r) / (max_r - min_r)``, then ``(x - 0.5) * 2``, with min_r and
+    max_r over the dataset's step rewards: r -> 2 (r - min_r) / (max_r - min_r) - 1.
+    """
+    rewards = statistics.step_rewards
+    if not len(rewards) or float(np.max(rewards) - np.min(rewards)) <= 0.0:
         return RewardTransform(name="minmax_unit")
-    return RewardTransform(2.0 / spread, -1.0, "minmax_unit")
+    low, spread = float(np.min(rewards)), float(np.max(rewards) - np.min(rewards))
+    return RewardTransform(2.0 / spread, -2.0 * low / spread - 1.0, "minmax_unit")
 
 
-REWARD_TRANSFORMS: dict[str, Callable[[np.ndarray], RewardTransform]] = {
+REWARD_TRANSFORMS: dict[str, Callable[[RewardStatistics], RewardTransform]] = {
     "identity": identity,
     "antmaze_minus_one": antmaze_minus_one,
     "antmaze_misa": antmaze_misa,
@@ -74,13 +88,16 @@ REWARD_TRANSFORMS: dict[str, Callable[[np.ndarray], RewardTransform]] = {
 }
 
 
-def reward_transform(names: str, episode_returns: np.ndarray) -> RewardTransform:
-    """Compose the named transforms (``"a+b"`` applies a, then b) from the dataset's episode returns."""
+def reward_transform(names: str, episode_returns: np.ndarray,
+                     step_rewards: np.ndarray | None = None) -> RewardTransform:
+    """Compose the named transforms (``"a+b"`` applies a, then b), each fitted on the raw dataset's rewards."""
+    statistics = RewardStatistics(np.empty(0) if step_rewards is None else np.asarray(step_rewards),
+                                  np.asarray(episode_returns))
     result = RewardTransform()
     for name in filter(None, names.split("+")):
         if name not in REWARD_TRANSFORMS:
             raise OfftuneError(f"unknown reward transform '{name}'.{suggest(name, REWARD_TRANSFORMS)}")
-        result = result.then(REWARD_TRANSFORMS[name](episode_returns))
+        result = result.then(REWARD_TRANSFORMS[name](statistics))
     return result
 
 

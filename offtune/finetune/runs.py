@@ -97,7 +97,7 @@ def prepare_offline(data: OfflineData, config: Any, normalizer: Normalizer | Non
     if config.dataset_action_clip > 0:
         actions = np.clip(actions, -config.dataset_action_clip, config.dataset_action_clip)
     if transform is None:
-        transform = reward_transform(config.reward_transform, data.episode_returns())
+        transform = reward_transform(config.reward_transform, data.episode_returns(), data.rewards)
     if normalizer is None:
         normalizer = (Normalizer.fit(data.observations) if config.normalize_observations
                       else Normalizer.identity(data.info.obs_dim))
