@@ -255,3 +255,11 @@ def test_eval_env_spec_of_a_gymnasium_0_29_dataset_is_cleaned_as_minari_does():
     recorded = datasets.recorded_env_spec(json.dumps(legacy))
     assert recorded.to_json() == spec.to_json()
     assert gym.make(recorded).spec.id == "Pendulum-v1"
+
+
+def test_collected_locomotion_data_is_scored_with_d4rl_reference_returns():
+    """A hopper dataset written here under any id is scored like hopper-medium-v2: D4RL's references."""
+    metadata = {"env_spec": json.dumps({"id": "Hopper-v5"})}
+    rule = datasets._score_rule(resolve("me/hopper/sac-v0"), metadata)
+    assert (rule.kind, rule.ref_min, rule.ref_max) == ("normalized", -20.272305, 3234.3)
+    assert datasets._score_rule(resolve("me/hopper/sac-v0"), {"env_spec": json.dumps({"id": "Ant-v5"})}).kind == "raw"

@@ -20,8 +20,16 @@ import numpy as np
 
 from offtune.buffers.checks import CHECKSUM_KEY, check_episode, check_values, data_crc
 from offtune.buffers.mazes import D4RL_SUCCESS_RADIUS, MAZE_FAMILIES, TASK_MODES, live_task, success_radius
+from offtune.buffers.registry import (
+    LOCOMOTION_REFS,
+    SUCCESS,
+    RegistryEntry,
+    ScoreRule,
+    d4rl_rule,
+    guess_family,
+    resolve,
+)
 from offtune.buffers.registry import REGISTRY as REGISTRY  # re-exported: callers read ``datasets.REGISTRY``
-from offtune.buffers.registry import SUCCESS, RegistryEntry, ScoreRule, _guess_family, resolve
 from offtune.buffers.sources import damaged, open_dataset, read_episodes
 from offtune.errors import OfftuneError
 
@@ -285,6 +293,13 @@ def _score_rule(entry: RegistryEntry, metadata: Mapping[str, Any]) -> ScoreRule:
             float(metadata["ref_max_score"]),
             "Minari ref_min/max_score",
         )
+    if entry.family == "locomotion":
+        # Locomotion data collected here (``dataset collect --env Hopper-v5 --policy ...``) is scored like the
+        # registered names: D4RL's reference returns of its robot.
+        env_id = json.loads(metadata.get("env_spec") or "{}").get("id", "")
+        robot = env_id.split("-")[0].lower()
+        if robot in LOCOMOTION_REFS:
+            return d4rl_rule(*LOCOMOTION_REFS[robot], robot)
     return ScoreRule()
 
 
@@ -347,7 +362,7 @@ def load(name: str, task_mode: str | None = None, download: bool = False, family
         entry = replace(entry, family=family)
     dataset = open_dataset(entry, download_missing=download)
     if entry.family == "other" and dataset.env_spec is not None:
-        entry = replace(entry, family=_guess_family(dataset.env_spec.id))
+        entry = replace(entry, family=guess_family(dataset.env_spec.id))
     mode = _task_mode(entry, task_mode)
     task = _task(entry, mode, dataset)
     arrays, episodes = _transitions(dataset, task)

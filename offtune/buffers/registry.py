@@ -44,7 +44,7 @@ class ScoreRule:
         return "raw return"
 
 
-def _d4rl(ref_min: float, ref_max: float, what: str) -> ScoreRule:
+def d4rl_rule(ref_min: float, ref_max: float, what: str) -> ScoreRule:
     """A rule from D4RL's random (``ref_min``) and expert (``ref_max``) returns for ``what``."""
     return ScoreRule("normalized", ref_min, ref_max, f"D4RL {what} reference returns")
 
@@ -123,7 +123,7 @@ def _build_registry() -> dict[str, RegistryEntry]:
             )
         )
     for env, (ref_min, ref_max) in LOCOMOTION_REFS.items():
-        rule = _d4rl(ref_min, ref_max, env)
+        rule = d4rl_rule(ref_min, ref_max, env)
         for level in ("medium", "expert"):
             entries.append(
                 RegistryEntry(f"{env}-{level}-v2", f"mujoco/{env}/{level}-v0", "locomotion", None, rule)
@@ -167,7 +167,7 @@ def _build_registry() -> dict[str, RegistryEntry]:
                     f"D4RL/{task}/{level}-v2",
                     "adroit",
                     None,
-                    _d4rl(ref_min, ref_max, task),
+                    d4rl_rule(ref_min, ref_max, task),
                 )
             )
     kitchen_rule = ScoreRule("normalized", 0.0, 4.0, "D4RL kitchen: tasks completed / 4")
@@ -182,7 +182,7 @@ REGISTRY: dict[str, RegistryEntry] = _build_registry()
 _SHORT_NAMES = {entry.short_name: entry for entry in REGISTRY.values()}
 
 
-def _guess_family(minari_id: str) -> str:
+def guess_family(minari_id: str) -> str:
     """The family of a Minari id the table does not know, from words in its path."""
     lowered = minari_id.lower()
     for family, words in (
@@ -217,5 +217,5 @@ def resolve(name: str) -> RegistryEntry:
         for entry in REGISTRY.values():
             if entry.minari_id and base_id(entry.minari_id) == base_id(name):
                 return replace(entry, minari_id=name, exact=True)
-        return RegistryEntry(name, name, _guess_family(name), exact=True)
+        return RegistryEntry(name, name, guess_family(name), exact=True)
     raise OfftuneError(f"unknown dataset {name!r}.{suggest(name, known_names() + local_ids())}")
