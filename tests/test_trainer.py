@@ -200,3 +200,13 @@ def test_pretraining_records_its_protocol_and_takes_its_settings(pointmaze_datas
         assert config["algo_config"]["cosine_actor_lr"] is cosine
     with pytest.raises(OfftuneError, match="unknown protocol"):
         trainer.pretrain("iql", pointmaze_dataset, steps=4, out=tmp_path / "bad", protocol="paper")
+
+
+@pytest.mark.parametrize(("utd", "lam_share"), [(1, 0.5), (2, 0.2)])
+def test_online_schedules_count_updates_as_the_official_spot(utd, lam_share, pointmaze_dataset, tmp_path):
+    """λ_t = λ · max(lam_end, 1 - updates / T): halfway through T = 10 env steps, utd 2 has done 10 updates."""
+    offline = pretrain_tiny("spot", pointmaze_dataset, tmp_path / "offline", steps=4)
+    online = trainer.finetune(offline.checkpoint, steps=10, utd=utd, eval_every=5, eval_episodes=1, device="cpu",
+                              out=tmp_path / f"ft-{utd}")
+    halfway = torch.load(online.run_dir / "checkpoints" / "step_5.pt", weights_only=True)
+    assert halfway["agent"]["lam"] == pytest.approx(lam_share * halfway["config"]["lam"])

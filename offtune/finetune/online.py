@@ -227,7 +227,9 @@ class OnlineRun:
         """Advance the step counter by ``count``, cool the schedules, then log, evaluate and save at their intervals."""
         settings = self.settings
         previous, self.step = self.step, min(self.step + count, settings.steps)
-        self.agent.anneal(self.step / settings.steps)
+        # Schedules count gradient steps against the online steps T, as the official SPOT fine-tuning cools λ
+        # by `1 - total_it / max_timesteps` (main_finetune.py): with utd updates per env step, utd times faster.
+        self.agent.anneal(self.step * settings.utd / settings.steps)
         last = self.step == settings.steps
         if self.step // self.log_every != previous // self.log_every or last:
             self.log()
