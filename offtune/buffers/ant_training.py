@@ -367,7 +367,9 @@ def _log_line(record: dict[str, Any], progress: Progress) -> str:
 
 # -- measuring a gait in the real AntMaze env ---------------------------------------------------------------
 
+# A 28 m square room whose start cell is its centre, so goals 2-4 m away are never behind a wall.
 OPEN_MAP = [[1] * 9] + [[1] + [0] * 7 + [1] for _ in range(7)] + [[1] * 9]
+OPEN_MAP[4][4] = "r"
 CORRIDORS = {  # map, direction of the goal from the start
     "east": ([[1, 1, 1, 1, 1], [1, "r", 0, "g", 1], [1, 1, 1, 1, 1]], (1.0, 0.0)),
     "west": ([[1, 1, 1, 1, 1], [1, "g", 0, "r", 1], [1, 1, 1, 1, 1]], (-1.0, 0.0)),

@@ -1,0 +1,182 @@
+"""AntMaze data made here: the shipped goal-reaching ant, the D4RL-style collector, and its refusals.
+
+No training: the ant is the gait shipped in the package, and the collects are a couple of episodes long.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import minari
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from offtune.buffers import ant_training, antmaze_collect, datasets
+from offtune.buffers.ant_controller import DIMENSION, Gait, GoalReachingAnt, heading_of
+from offtune.buffers.gym_make import make_gym_env
+from offtune.buffers.mazes import ANTMAZE_EVAL_MAPS, ANTMAZE_UMAZE_MAP, D4RL_SUCCESS_RADIUS
+from offtune.cli.main import _register, cli
+from offtune.errors import OfftuneError
+
+_register()
+
+
+def test_shipped_ant_walks_to_a_goal_in_a_real_antmaze_env():
+    """From the start cell of D4RL's umaze, 3 m along the corridor, within 200 steps."""
+    env = make_gym_env("AntMaze_UMaze-v4", maze_map=ANTMAZE_UMAZE_MAP, continuing_task=True, reset_target=False)
+    observation, _ = env.reset(seed=0)
+    goal = observation["achieved_goal"] + np.array([3.0, 0.0])
+    controller = GoalReachingAnt()
+    for _ in range(200):
+        observation, *_ = env.step(controller(observation, goal))
+        if np.linalg.norm(observation["achieved_goal"] - goal) <= 0.45:
+            break
+    env.close()
+    assert np.linalg.norm(observation["achieved_goal"] - goal) <= 0.45
+
+
+def test_reach_report_counts_goals_reached_in_time():
+    report = ant_training.reach_report(trials=3, seed=1)
+    assert report.trials == 3 and report.reached >= 2 and report.median_steps <= report.limit
+
+
+def test_gait_numbers_round_trip_and_fold_into_range(tmp_path):
+    gait = Gait.from_values(**ant_training.START_GAIT)
+    path = tmp_path / "gait.json"
+    path.write_text(gait.to_json(note="test"))
+    assert np.array_equal(Gait.load(path).unit, gait.unit)
+    folded = Gait.from_unit(np.array([-0.25, 1.25] + [0.5] * (DIMENSION - 2)))
+    assert np.allclose(folded.unit[:2], [0.25, 0.75])
+    with pytest.raises(OfftuneError, match="not an ant gait"):
+        path.write_text("{}")
+        Gait.load(path)
+
+
+def test_cma_es_solves_a_quadratic():
+    search = ant_training.CMAES(np.full(5, 3.0), 1.0, population=10)
+    for generation in range(120):
+        candidates = search.ask(np.random.default_rng(generation))
+        search.tell(candidates, -np.sum(candidates**2, axis=1))
+    assert np.linalg.norm(search.mean) < 1e-3
+
+
+class _Stop(Exception):
+    pass
+
+
+def _stop_after_first_generation(line: str) -> None:
+    raise _Stop(line)
+
+
+def test_training_resumes_exactly(tmp_path, monkeypatch):
+    """A run stopped after its first generation and resumed ends where an uninterrupted run does."""
+    for name, value in (("SEGMENT_STEPS", 10), ("REACH_LIMIT", 12), ("VALIDATION_EPISODES", 1)):
+        monkeypatch.setattr(ant_training, name, value)
+    budget = 2 * ant_training.POPULATION * ant_training.GOALS_PER_EPISODE * 10
+    ant_training.train_controller(tmp_path / "straight", budget=budget, log=lambda line: None)
+    with pytest.raises(_Stop, match="gen    0"):
+        ant_training.train_controller(tmp_path / "split", budget=budget, log=_stop_after_first_generation)
+    with pytest.raises(OfftuneError, match="--resume"):
+        ant_training.train_controller(tmp_path / "split", budget=budget, log=lambda line: None)
+    ant_training.train_controller(tmp_path / "split", budget=budget, resume=True, log=lambda line: None)
+    straight, split = (json.loads((tmp_path / run / "checkpoint.json").read_text()) for run in ("straight", "split"))
+    for state in (straight, split):
+        del state["progress"]["seconds"]
+    assert straight == split and straight["search"]["generation"] == 2
+    assert Gait.load(tmp_path / "split" / "gait.json").unit.tolist() == straight["progress"]["best_unit"]
+
+
+@pytest.fixture(scope="module")
+def collected_umaze(minari_root) -> str:
+    """Two umaze episodes (1,400 steps) collected like D4RL/antmaze/umaze-v1."""
+    recipe = antmaze_collect.recipe_for("antmaze-umaze")
+    return antmaze_collect.collect_antmaze(recipe, 1400, seed=0).id
+
+
+def test_collected_umaze_has_the_published_spec(collected_umaze):
+    dataset = minari.load_dataset(collected_umaze)
+    spec = dataset.env_spec
+    assert (spec.id, spec.max_episode_steps) == ("AntMaze_UMaze-v4", 700)
+    assert spec.kwargs["continuing_task"] is True and spec.kwargs["reset_target"] is False
+    assert spec.kwargs["maze_map"] == ANTMAZE_UMAZE_MAP
+    assert dataset.recover_environment(eval_env=True).spec.kwargs["maze_map"] == ANTMAZE_EVAL_MAPS["umaze"]
+    episodes = list(dataset.iterate_episodes())
+    assert [len(episode) for episode in episodes] == [700, 700]
+    assert all(episode.truncations[-1] and not episode.terminations.any() for episode in episodes)
+    assert set(episodes[0].observations) == {"observation", "achieved_goal", "desired_goal"}
+    assert set(episodes[0].infos) == {"success", "qpos", "qvel", "goal"}
+    assert np.abs(episodes[0].actions).max() <= 1.0
+
+
+def test_collected_umaze_relabels_to_d4rl_goal(collected_umaze):
+    data = datasets.load(collected_umaze)
+    assert data.info.task_mode == "d4rl" and data.info.goal == [-4.0, 4.0]
+    positions = data.next_observations[:, :2]
+    at_goal = np.linalg.norm(positions - np.array(data.info.goal), axis=1) <= D4RL_SUCCESS_RADIUS
+    assert at_goal.any(), "the ant should reach D4RL's goal in one of the two episodes"
+    assert np.array_equal(data.rewards == 1.0, at_goal) and np.array_equal(data.terminals, data.rewards)
+    result = CliRunner().invoke(cli, ["dataset", "info", "offtune-antmaze-umaze-v0", "--json"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.output)
+    assert summary["episodes_reaching_d4rl_goal"].startswith(("1 of 2", "2 of 2"))
+    assert summary["waypoints_reached"].endswith("%)") and summary["task_mode"] == "d4rl"
+
+
+def test_forced_resets_cut_episodes_like_the_published_checkpoints(monkeypatch, minari_root):
+    monkeypatch.setattr(antmaze_collect, "FORCED_RESET_EVERY", 300)
+    recipe = antmaze_collect.recipe_for("antmaze-medium")
+    dataset = antmaze_collect.collect_antmaze(recipe, 500, seed=3, dataset_id="test/antmaze/medium-play-v0")
+    lengths = [len(episode) for episode in dataset.iterate_episodes()]
+    assert lengths == [300, 200] and dataset.env_spec.id == "AntMaze_Medium-v4"
+
+
+@pytest.mark.parametrize(
+    ("name", "kind", "recipe"),
+    [
+        ("antmaze-umaze", None, "umaze"),
+        ("antmaze-umaze", "diverse", "umaze-diverse"),
+        ("antmaze-medium", None, "medium-play"),
+        ("antmaze-large", "diverse", "large-diverse"),
+        ("antmaze-large-play-v2", None, "large-play"),
+        ("offtune/antmaze/medium-diverse-v0", None, "medium-diverse"),
+        ("D4RL/antmaze/umaze-diverse-v1", None, "umaze-diverse"),
+    ],
+)
+def test_collect_names(name, kind, recipe):
+    assert antmaze_collect.recipe_for(name, kind).dataset == recipe
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("antmaze-umaze", "--kind", "play"), "no play dataset"),
+        (("antmaze-medium-play", "--kind", "diverse"), "contradicts"),
+        (("antmaze-huge",), "not 'antmaze-huge'"),
+        (("pointmaze-umaze", "--kind", "diverse"), "for AntMaze"),
+        (("antmaze-umaze", "--random"), "do not apply"),
+        (("antmaze-umaze", "--id", "test/bad id-v0"), "not a valid Minari dataset id"),
+        (("antmaze-umaze", "--gait", "/nonexistent/gait.json"), "cannot read ant gait"),
+    ],
+)
+def test_collect_refuses_bad_options_in_one_line(args, message):
+    result = CliRunner().invoke(cli, ["dataset", "collect", *args])
+    assert result.exit_code == 2, result.output
+    assert message in " ".join(result.output.split())
+    assert "Traceback" not in result.output and len(result.output.strip().splitlines()) <= 2
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [({"steps": 0}, "at least 1"), ({"seed": -1}, "0 or more"), ({"noise": math.nan}, "standard deviation")],
+)
+def test_collector_checks_numbers_before_collecting(settings, message):
+    recipe = antmaze_collect.recipe_for("antmaze-umaze")
+    with pytest.raises(OfftuneError, match=message):
+        antmaze_collect.collect_antmaze(recipe, **{"steps": 10, **settings})
+
+
+def test_ant_heading_from_quaternion():
+    angle = 0.7
+    assert math.isclose(heading_of(np.array([math.cos(angle / 2), 0, 0, math.sin(angle / 2)])), angle)
