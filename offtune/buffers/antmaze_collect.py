@@ -18,7 +18,6 @@ env) are not computed: offtune scores AntMaze by success rate.
 from __future__ import annotations
 
 import copy
-import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -28,11 +27,18 @@ import minari
 import numpy as np
 
 from offtune.buffers.ant_controller import Gait, GoalReachingAnt
-from offtune.buffers.collect import PROGRESS_EVERY, EpisodeRecorder, antmaze_info, write_dataset
+from offtune.buffers.collect import (
+    PROGRESS_EVERY,
+    EpisodeRecorder,
+    antmaze_info,
+    check_not_taken,
+    check_settings,
+    write_dataset,
+)
 from offtune.buffers.gym_make import make_gym_env
 from offtune.buffers.maze_expert import WaypointController
 from offtune.buffers.mazes import ANTMAZE_EVAL_MAPS, ANTMAZE_UMAZE_MAP, D4RL_SUCCESS_RADIUS, live_task
-from offtune.buffers.storage import datasets_root, valid_dataset_id
+from offtune.buffers.storage import valid_dataset_id
 from offtune.errors import OfftuneError
 
 NOISE = 0.2  # D4RL's and Minari's action noise for AntMaze
@@ -138,18 +144,12 @@ class AntMazeExpert:
 
 def _check(dataset_id: str, steps: int, seed: int, noise: float, force: bool) -> None:
     """Fail before collecting, in one line, on settings that would fail later or give a useless dataset."""
-    if steps < 1:
-        raise OfftuneError(f"--steps must be at least 1, not {steps}")
-    if seed < 0:
-        raise OfftuneError(f"--seed must be 0 or more, not {seed}")
-    if not (math.isfinite(noise) and noise >= 0):
-        raise OfftuneError(f"--noise is a standard deviation: a finite number, 0 or more, not {noise}")
+    check_settings(steps, seed, noise)
     if not valid_dataset_id(dataset_id):
         raise OfftuneError(
             f"'{dataset_id}' is not a valid Minari dataset id: use namespace/name-vN with letters, digits, - and _"
         )
-    if (datasets_root() / dataset_id).exists() and not force:
-        raise OfftuneError(f"dataset {dataset_id} already exists locally; pass --force to overwrite it")
+    check_not_taken(dataset_id, force)
 
 
 def collect_antmaze(

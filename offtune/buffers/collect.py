@@ -217,7 +217,7 @@ def write_dataset(
 
     ``spaces`` (observation, action) replace ``env``'s, so that data recorded for another dataset declare
     exactly that dataset's spaces; ``metadata`` adds keys to Minari's."""
-    _check_not_taken(dataset_id, force)
+    check_not_taken(dataset_id, force)
     observation_space, action_space = spaces or (None, None)
     with writing_dataset(dataset_id, hdf5_bytes(episodes), replace=force), warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*(code_permalink|author_email|eval_env).*")
@@ -251,7 +251,7 @@ def collect_pointmaze(
     """A PointMaze dataset made like D4RL/pointmaze: planner, PD waypoints, noise, one goal per episode."""
     if maze not in POINTMAZE_ENVS:
         raise OfftuneError(f"unknown maze {maze!r}; choose one of {', '.join(POINTMAZE_ENVS)}")
-    _check_settings(steps, seed, noise)
+    check_settings(steps, seed, noise)
     dataset_id = dataset_id or f"offtune/pointmaze/{maze}-v0"
     env = make_gym_env(POINTMAZE_ENVS[maze], continuing_task=True, reset_target=True, max_episode_steps=10**6)
     _check_free(dataset_id, force, env, steps)
@@ -271,7 +271,7 @@ def collect_pointmaze(
     )
 
 
-def _check_settings(steps: int, seed: int, noise: float) -> None:
+def check_settings(steps: int, seed: int, noise: float) -> None:
     """Refuse numbers the collectors would take without complaint and turn into a useless dataset (a NaN
     noise makes every action NaN) or a traceback (numpy refuses negative seeds)."""
     if steps < 1:
@@ -282,7 +282,7 @@ def _check_settings(steps: int, seed: int, noise: float) -> None:
         raise OfftuneError(f"--noise is a standard deviation: a finite number, 0 or more, not {noise}")
 
 
-def _check_not_taken(dataset_id: str, force: bool) -> None:
+def check_not_taken(dataset_id: str, force: bool) -> None:
     """Refuse to overwrite a dataset without ``force``; a folder Minari cannot list (damaged) counts too."""
     if (datasets_root() / dataset_id).exists() and not force:
         raise OfftuneError(f"dataset {dataset_id} already exists locally; pass --force to overwrite it")
@@ -302,7 +302,7 @@ def _check_free(dataset_id: str, force: bool, env: gym.Env, steps: int) -> None:
         raise OfftuneError(
             f"'{dataset_id}' is not a valid Minari dataset id: use namespace/name-vN with letters, digits, - and _"
         )
-    _check_not_taken(dataset_id, force)
+    check_not_taken(dataset_id, force)
     needed = steps * (_space_bytes(env.observation_space) + _space_bytes(env.action_space))
     memory = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     if needed > memory:
@@ -369,7 +369,7 @@ def collect_policy(
     progress: Callable[[int], None] | None = None,
 ) -> minari.MinariDataset:
     """A dataset from an SB3 policy zip with Gaussian action noise, or from uniform random actions."""
-    _check_settings(steps, seed, noise)
+    check_settings(steps, seed, noise)
     try:
         env = make_gym_env(env_id)
     except gym.error.Error as error:
