@@ -67,6 +67,24 @@ def test_spot_locomotion_lambda_per_dataset(name, minari_id, lam):
 
 
 @pytest.mark.parametrize(
+    ("minari_id", "lam"),
+    [
+        ("me/hopper/sac-v0", 0.1),
+        ("offtune/hopper/hopper-sac-noise30-100k-v0", 0.1),
+        ("offtune/walker2d/td3-v0", 0.2),
+        ("offtune/halfcheetah/sac-v0", 0.05),
+    ],
+)
+def test_spot_locomotion_without_a_quality_word_gets_the_robots_medium_lambda(minari_id, lam):
+    """One policy's data named by robot only must not fall back to the command-line default λ 1.0."""
+    assert configured("spot", info(minari_id, "locomotion")).lam == lam
+
+
+def test_spot_locomotion_on_an_unlisted_robot_keeps_the_default_lambda():
+    assert "lam" not in preset("spot", info("offtune/ant/sac-v0", "locomotion"))
+
+
+@pytest.mark.parametrize(
     ("name", "minari_id", "lam", "online_discount"),
     [
         ("antmaze-umaze-v2", "D4RL/antmaze/umaze-v1", 0.25, None),
