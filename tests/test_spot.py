@@ -206,9 +206,20 @@ def test_act_explore_and_exported_actor():
     assert torch.allclose(exported(observations), deterministic)
     explored = agent.explore(observations)
     assert explored.abs().max() <= 1.0
-    assert 0 < (explored - deterministic).abs().max() <= 0.5
+    assert 0 < (explored - deterministic).abs().max() <= 1.0
     assert agent.actor.training
     assert agent.target_actor.training  # as the official code, the target actor keeps its dropout
+
+
+def test_exploration_noise_is_unclipped_by_default_as_the_official_code():
+    torch.manual_seed(0)
+    observations = torch.randn(4096, OBS)
+    unclipped = small_agent(actor_dropout=0.0, actor_head_init=1e-3, exploration_noise=0.3)
+    noise = unclipped.explore(observations) - unclipped.act(observations)  # π(s) ≈ 0: no action clipping
+    assert noise.std().item() == pytest.approx(0.3, rel=0.03)
+    assert (noise.abs() > 0.5).float().mean().item() == pytest.approx(0.096, abs=0.01)  # P(|N(0, 0.3)| > 0.5)
+    clipped = small_agent(actor_dropout=0.0, actor_head_init=1e-3, exploration_noise=0.3, exploration_noise_clip=0.5)
+    assert (clipped.explore(observations) - clipped.act(observations)).abs().max().item() <= 0.5 + 1e-3
 
 
 def state_round_trip(agent: SPOTAgent) -> dict:

@@ -81,8 +81,11 @@ class SPOTConfig:
     online_discount: float | None = None
     """Discount for the online phase (0.995 on the large AntMazes); None keeps ``discount``."""
     exploration_noise: float = 0.1
-    exploration_noise_clip: float = 0.5
-    """Online actions are clip(π(s) + clip(N(0, exploration_noise), ±exploration_noise_clip), ±1)."""
+    exploration_noise_clip: float | None = None
+    """Online actions are clip(π(s) + N(0, exploration_noise), ±1), the noise cut at ±exploration_noise_clip when
+    set. None is the official code (thuml/SPOT finetune: ``action = (policy.select_action(state) +
+    np.random.normal(0, max_action * args.expl_noise, size=action_dim)).clip(-max_action, max_action)``);
+    CORL clips the noise at ±0.5."""
     vae_steps: int = 100_000
     vae_lr: float = 1e-3
     vae_hidden_dim: int = 750
@@ -287,12 +290,12 @@ class SPOTAgent:
 
     @torch.no_grad()
     def explore(self, observations: torch.Tensor) -> torch.Tensor:
-        """clip(π(s) + clip(N(0, 0.1), ±0.5), ±1); the official code leaves the noise unclipped (a 5σ cut)."""
+        """clip(π(s) + N(0, σ), ±1), σ = ``exploration_noise``; the noise is cut only when ``exploration_noise_clip``."""
         with eval_mode(self.actor):
             actions = self.actor(observations)
-        noise = (torch.randn_like(actions) * self.config.exploration_noise).clamp(
-            -self.config.exploration_noise_clip, self.config.exploration_noise_clip
-        )
+        noise = torch.randn_like(actions) * self.config.exploration_noise
+        if self.config.exploration_noise_clip is not None:
+            noise = noise.clamp(-self.config.exploration_noise_clip, self.config.exploration_noise_clip)
         return (actions + noise).clamp(-1.0, 1.0)
 
     def on_offline_start(self, total_steps: int) -> None:
