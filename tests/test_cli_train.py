@@ -156,3 +156,18 @@ def test_corrupt_checkpoint_exits_2(tmp_path, pretrained):
     broken.write_bytes((pretrained / "checkpoints" / "final.pt").read_bytes()[:1000])
     result = CliRunner().invoke(cli, ["finetune", str(broken), "--steps", "5"])
     assert result.exit_code == 2 and "truncated" in result.output
+
+
+def test_compiled_pretraining_logs_its_compile_time_and_its_checkpoint_fine_tunes_eagerly(pointmaze_dataset, tmp_path):
+    result = run("pretrain", "spot", pointmaze_dataset, "--steps", 30, "--eval-episodes", 2, "--out", tmp_path / "on",
+                 "--device", "cpu", "--compile", "on", "--set", "vae_steps=10", "--set", "vae_hidden_dim=16", *TINY)
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "on" / "config.json").read_text())["run"]["compile"] == "on"
+    rows = [json.loads(line) for line in (tmp_path / "on" / "metrics.jsonl").read_text().splitlines()]
+    compile_times = [row["compile_s"] for row in rows if "compile_s" in row]
+    assert len(compile_times) == 1 and compile_times[0] > 0
+    online = run("finetune", tmp_path / "on" / "checkpoints" / "final.pt", "--steps", 20, "--eval-episodes", 2,
+                 "--out", tmp_path / "ft", "--device", "cpu")
+    assert online.exit_code == 0, online.output
+    assert json.loads((tmp_path / "ft" / "config.json").read_text())["run"]["compile"] == "auto"
+    assert not any("compile_s" in line for line in (tmp_path / "ft" / "metrics.jsonl").read_text().splitlines())

@@ -20,6 +20,7 @@ from offtune.policies.iql import (
     advantage_weights,
     critic_target,
     expectile_loss,
+    policy_log_prob,
 )
 
 OBS, ACT = 3, 2
@@ -95,7 +96,7 @@ def test_gaussian_actor_is_unsquashed_with_clipped_state_independent_std():
     assert mean.squeeze(-1).tolist() == pytest.approx([math.tanh(0.15), math.tanh(-0.6)], rel=1e-5)
     assert std.tolist() == pytest.approx([math.exp(-0.5)])
     # An action beyond tanh's range keeps a finite density: the Gaussian is not squashed (no Jacobian).
-    log_prob = agent.actor.log_prob(observations, torch.tensor([[0.2], [-1.5]]))
+    log_prob = policy_log_prob(*agent.actor(observations), torch.tensor([[0.2], [-1.5]]))
     expected = [gaussian_log_density(0.2, math.tanh(0.15), math.exp(-0.5)),
                 gaussian_log_density(-1.5, math.tanh(-0.6), math.exp(-0.5))]
     assert log_prob.tolist() == pytest.approx(expected, rel=1e-5)

@@ -28,6 +28,11 @@ PRECISION = click.option(
     help="float32 matmuls: highest = full fp32 (torch's default); high = TF32 on CUDA; medium = bfloat16 on "
          "CUDA and on CPUs with AMX/AVX512-BF16 (faster, less precise). --resume keeps the run's unless given.",
 )
+COMPILE = click.option(
+    "--compile", "compile_mode", type=click.Choice(trainer.COMPILE_MODES, case_sensitive=False), default=None,
+    help=f"Run each update as one torch.compile'd graph: auto (default) = on for IQL and SPOT when the phase has "
+         f"at least {trainer.AUTO_COMPILE_UPDATES:,} updates; on; off = eager. --resume keeps the run's unless given.",
+)
 SEED_TYPE = click.IntRange(*SEED_RANGE)
 SEED = click.option("--seed", default=0, show_default=True, type=SEED_TYPE)
 SETS = click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override any config field.")
@@ -70,6 +75,7 @@ def _interrupted(error: trainer.Interrupted) -> None:
 @SEED
 @DEVICE
 @PRECISION
+@COMPILE
 @click.option("--batch-size", type=POSITIVE, default=None, help="Default: the algorithm's (256).")
 @click.option("--eval-every", type=POSITIVE, default=None, help="Updates between evaluations (default 50k).")
 @click.option("--eval-episodes", type=POSITIVE, default=None, help="Default: 100 on AntMaze, 10 elsewhere.")
@@ -83,7 +89,7 @@ def _interrupted(error: trainer.Interrupted) -> None:
 @click.option("--resume", type=click.Path(file_okay=False), default=None, help="Continue an interrupted run.")
 @click.option("--download", is_flag=True, help="Download the dataset if it is not local.")
 @click.pass_context
-def pretrain(ctx, algo, dataset, steps, protocol, seed, device, matmul_precision, batch_size, eval_every,
+def pretrain(ctx, algo, dataset, steps, protocol, seed, device, matmul_precision, compile_mode, batch_size, eval_every,
              eval_episodes, task_mode, out, sets, config_file, logger, checkpoint_minutes, resume, download) -> None:
     """Pretrain ALGO (iql, spot, misa) offline on DATASET (a D4RL name or a Minari id).
 
@@ -103,6 +109,7 @@ def pretrain(ctx, algo, dataset, steps, protocol, seed, device, matmul_precision
                 eval_every=eval_every, eval_episodes=eval_episodes, task_mode=task_mode, out=out,
                 overrides=parse_assignments(sets), config_file=config_file, logger=logger, resume=resume,
                 download=download, progress=progress, checkpoint_minutes=checkpoint_minutes, protocol=protocol,
+                compile_mode=compile_mode,
             )
     except trainer.Interrupted as error:
         _interrupted(error)
@@ -128,6 +135,7 @@ def pretrain(ctx, algo, dataset, steps, protocol, seed, device, matmul_precision
 @click.option("--seed", type=SEED_TYPE, default=None, help="Default: the seed CHECKPOINT was pretrained with.")
 @DEVICE
 @PRECISION
+@COMPILE
 @click.option("--out", type=click.Path(file_okay=False), default=None, help="The run directory itself.")
 @SETS
 @LOGGER
@@ -146,7 +154,7 @@ def pretrain(ctx, algo, dataset, steps, protocol, seed, device, matmul_precision
 @click.option("--video-max-steps", type=POSITIVE, default=None, help="With --video-every: cut videos after N steps.")
 @click.pass_context
 def finetune(ctx, checkpoint, steps, utd, num_envs, mix, online_ratio, buffer_size, eval_every, eval_episodes, seed,
-             device, matmul_precision, out, sets, logger, checkpoint_minutes, resume, download, data,
+             device, matmul_precision, compile_mode, out, sets, logger, checkpoint_minutes, resume, download, data,
              record_dataset, video_every, video_max_steps) -> None:
     """Fine-tune CHECKPOINT online in the live environment of its dataset, or on logged data (--data).
 
@@ -171,7 +179,7 @@ def finetune(ctx, checkpoint, steps, utd, num_envs, mix, online_ratio, buffer_si
                 device=device, matmul_precision=matmul_precision, out=out, overrides=parse_assignments(sets),
                 logger=logger, resume=resume, download=download, progress=progress,
                 checkpoint_minutes=checkpoint_minutes, data=data, record_dataset=record_dataset,
-                video_every=video_every, video_max_steps=video_max_steps,
+                video_every=video_every, video_max_steps=video_max_steps, compile_mode=compile_mode,
             )
     except trainer.Interrupted as error:
         _interrupted(error)

@@ -53,8 +53,10 @@ from offtune.finetune.runtime import (
     Progress,
     SilentProgress,
     StopRequested,
+    check_compile_mode,
     check_memory,
     check_seed,
+    compile_agent,
     first_non_finite,
     ignoring_ctrl_c,
     log_interval,
@@ -85,6 +87,8 @@ class PretrainSettings:
     """Wall-clock minutes between two ``last.pt`` (besides those at evaluations); resuming may change it."""
     protocol: str = DEFAULT_PROTOCOL
     """Which official script's settings the run follows (``offtune.policies.presets.PROTOCOLS``)."""
+    compile: str = "auto"
+    """``--compile``: auto, on or off (``runtime.compile_agent``); resuming may change it."""
 
     def to_dict(self) -> dict[str, Any]:
         values = {"phase": "offline", **asdict(self)}
@@ -113,6 +117,8 @@ class OfflineRun:
         self.last_checkpoint: tuple[Path, int] | None = None
         """``last.pt`` and its step: where the run continues from if it stops now."""
         self.next_checkpoint = time.monotonic() + settings.checkpoint_minutes * 60
+        self.compiled: Any = None
+        """The agent's compiled update until its compile time is logged (once, at the first log)."""
 
     def restore(self, checkpoint: dict[str, Any]) -> None:
         """Continue where ``checkpoint`` (this run's ``last.pt``) stopped, forgetting what was logged after it."""
@@ -137,6 +143,7 @@ class OfflineRun:
             self.progress.stage("VAE", stage_steps, self.stage_step)
         self.agent.prepare(lambda count: self.buffer.sample(count), self._stage_step_done)
         self.agent.on_offline_start(self.settings.steps)
+        self.compiled = compile_agent(self.agent, self.settings.compile, self.settings.steps - self.step)
         self.progress.stage(f"{self.settings.algo.upper()} offline", self.settings.steps, self.step)
         self.first_step, self.started = self.step, time.perf_counter()
         while self.step < self.settings.steps:
@@ -165,6 +172,9 @@ class OfflineRun:
         if (key := first_non_finite(metrics)) is not None:
             raise diverged(self.step, f"{key} is {metrics[key]}", self.last_checkpoint)
         metrics["updates_per_s"] = (self.step - self.first_step) / max(time.perf_counter() - self.started, 1e-9)
+        if self.compiled is not None:
+            metrics["compile_s"] = self.compiled.compile_seconds
+            self.compiled = None
         self.directory.log_metrics(self.step, "offline", metrics)
         self.progress.advance(count, metrics)
 
@@ -205,9 +215,10 @@ class OfflineRun:
 
 
 def _resumed_pretrain_settings(resume: str | Path, algo: str | None, dataset: str | None, device: str,
-                               matmul_precision: str | None,
-                               checkpoint_minutes: float | None) -> tuple[PretrainSettings, Recorded]:
-    """The settings the interrupted run recorded (device, precision and checkpoint interval may change)."""
+                               matmul_precision: str | None, checkpoint_minutes: float | None,
+                               compile_mode: str | None) -> tuple[PretrainSettings, Recorded]:
+    """The settings the interrupted run recorded (device, precision, compiling and checkpoint interval may
+    change)."""
     recorded = recorded_run(resume, "offline")
     if algo is not None and algo.lower() != recorded.algo:
         raise OfftuneError(f"{resume} holds a run of {recorded.algo}, not {algo}: leave ALGO out to resume it")
@@ -223,6 +234,8 @@ def _resumed_pretrain_settings(resume: str | Path, algo: str | None, dataset: st
         checkpoint_minutes=check_minutes(checkpoint_minutes or run.get("checkpoint_minutes", CHECKPOINT_MINUTES)),
         # Runs from before protocols existed pretrained with the offline scripts' settings.
         protocol=run.get("protocol", "offline"),
+        compile=check_compile_mode(compile_mode or run.get("compile", "auto"), recorded.algo,
+                                   algorithm(recorded.algo)[1]),
     )
     return settings, recorded
 
@@ -249,12 +262,14 @@ def pretrain(
     label: str | None = None,
     checkpoint_minutes: float | None = None,
     protocol: str = DEFAULT_PROTOCOL,
+    compile_mode: str | None = None,
 ) -> RunResult:
     """Offline phase: ``steps`` actor-critic updates on ``dataset`` (SPOT trains its VAE first).
 
     ``protocol`` is ``finetune`` (settings of the official fine-tuning scripts' pretraining, e.g. IQL's
     constant learning rates) or ``offline`` (the official offline scripts, e.g. IQL's cosine actor-lr decay,
-    MISA's 1.2M/2M steps); ``steps`` defaults to the protocol's training length.
+    MISA's 1.2M/2M steps); ``steps`` defaults to the protocol's training length. ``compile_mode`` (auto when
+    None) chooses the compiled or the eager update (``runtime.compile_agent``).
 
     ``resume`` continues the run in that folder from its ``last.pt``, or starts it over from its
     ``config.json`` when it stopped before its first checkpoint.
@@ -263,7 +278,7 @@ def pretrain(
     checkpoint = None
     if resume is not None:
         settings, recorded = _resumed_pretrain_settings(resume, algo, dataset, device, matmul_precision,
-                                                        checkpoint_minutes)
+                                                        checkpoint_minutes, compile_mode)
         checkpoint = recorded.checkpoint
         # The exact Minari id it trained on, whatever other versions are local by now.
         data = datasets.load(recorded.dataset["minari_id"], task_mode=recorded.dataset["task_mode"],
@@ -287,6 +302,7 @@ def pretrain(
             eval_episodes=eval_episodes or default_eval_episodes(data.info), device=str(torch_device),
             matmul_precision=precision, label=label,
             checkpoint_minutes=check_minutes(checkpoint_minutes or CHECKPOINT_MINUTES), protocol=protocol,
+            compile=check_compile_mode(compile_mode or "auto", algo, algorithm(algo)[1]),
         )
         sets = {**(overrides or {}), **({"batch_size": batch_size} if batch_size else {})}
         config = build_config(settings.algo, data.info, sets, config_file, protocol)

@@ -70,8 +70,10 @@ from offtune.finetune.runtime import (
     Progress,
     SilentProgress,
     StopRequested,
+    check_compile_mode,
     check_memory,
     check_seed,
+    compile_agent,
     first_non_finite,
     ignoring_ctrl_c,
     log_interval,
@@ -119,6 +121,8 @@ class FinetuneSettings:
     many steps (``--video-every``), as ``videos/step_N.mp4``."""
     video_max_steps: int | None = None
     """Each video episode cut after this many steps (``--video-max-steps``); None: whole episodes."""
+    compile: str = "auto"
+    """``--compile``: auto, on or off (``runtime.compile_agent``); resuming may change it."""
 
     def to_dict(self) -> dict[str, Any]:
         values = {"phase": "online", **asdict(self)}
@@ -158,6 +162,8 @@ class OnlineRun:
         """The live envs' raw episodes, for ``--record-dataset``."""
         self.videos = None if settings.video_every is None else VideoSchedule(
             directory.path / "videos", settings.video_every, max_steps=settings.video_max_steps)
+        self.compiled: Any = None
+        """The agent's compiled update until its compile time is logged (once, at the first log)."""
         self.last_video: int | None = None
         """The step of the latest video (``last.pt`` keeps it, so a resumed run records the same videos)."""
 
@@ -194,6 +200,8 @@ class OnlineRun:
         self.observations, _ = self.envs.reset(seed=[self.settings.seed + i for i in range(self.settings.num_envs)])
 
     def train(self) -> None:
+        updates = (self.settings.steps - self.step) * self.settings.utd
+        self.compiled = compile_agent(self.agent, self.settings.compile, updates)
         self.progress.stage(f"{self.settings.algo.upper()} {self.stage}", self.settings.steps, self.step)
         self.first_step = self.last_logged = self.step
         self.started = time.perf_counter()
@@ -259,6 +267,9 @@ class OnlineRun:
         metrics[self.rate_metric] = (self.step - self.first_step) / max(time.perf_counter() - self.started, 1e-9)
         if (regret := self.regret()) is not None:
             metrics["regret"] = regret
+        if self.compiled is not None:
+            metrics["compile_s"] = self.compiled.compile_seconds
+            self.compiled = None
         self.directory.log_metrics(self.step, "online", metrics)
         self.progress.advance(self.step - self.last_logged, metrics)
         self.last_logged = self.step
@@ -358,8 +369,10 @@ class LoggedDataRun(OnlineRun):
 
 
 def _resumed_finetune_settings(resume: str | Path, device: str, matmul_precision: str | None,
-                               checkpoint_minutes: float | None) -> tuple[FinetuneSettings, Recorded]:
-    """The settings the interrupted run recorded (device, precision and checkpoint interval may change)."""
+                               checkpoint_minutes: float | None,
+                               compile_mode: str | None) -> tuple[FinetuneSettings, Recorded]:
+    """The settings the interrupted run recorded (device, precision, compiling and checkpoint interval may
+    change)."""
     recorded = recorded_run(resume, "online")
     run = recorded.run
     torch_device, precision = device_and_precision(device, matmul_precision or run.get("matmul_precision"))
@@ -371,6 +384,8 @@ def _resumed_finetune_settings(resume: str | Path, device: str, matmul_precision
         checkpoint_minutes=check_minutes(checkpoint_minutes or run.get("checkpoint_minutes", CHECKPOINT_MINUTES)),
         data=run.get("data"), record_dataset=run.get("record_dataset"), video_every=run.get("video_every"),
         video_max_steps=run.get("video_max_steps"),
+        compile=check_compile_mode(compile_mode or run.get("compile", "auto"), recorded.algo,
+                                   algorithm(recorded.algo)[1]),
     )
     return settings, recorded
 
@@ -400,6 +415,7 @@ def finetune(
     record_dataset: str | None = None,
     video_every: int | None = None,
     video_max_steps: int | None = None,
+    compile_mode: str | None = None,
 ) -> RunResult:
     """Online phase: ``steps`` env steps in the live env, ``utd`` updates per env step, from a checkpoint.
 
@@ -412,11 +428,13 @@ def finetune(
     online transitions as a dataset like the checkpoint's, at the end of the run, before ``final.pt``
     (:meth:`OnlineRun.write_dataset`). ``video_every`` records one evaluation episode as a video at step 0,
     then at the first evaluation past every multiple of it (``video_max_steps`` cuts it), in ``videos/``.
+    ``compile_mode`` (auto when None) chooses the compiled or the eager update (``runtime.compile_agent``).
     """
     require_logger(logger)
     resumed = None
     if resume is not None:
-        settings, recorded = _resumed_finetune_settings(resume, device, matmul_precision, checkpoint_minutes)
+        settings, recorded = _resumed_finetune_settings(resume, device, matmul_precision, checkpoint_minutes,
+                                                        compile_mode)
         resumed = recorded.checkpoint
         start_from = resumed if resumed is not None else load_checkpoint(settings.checkpoint)
         config = config_from_dict(algorithm(settings.algo)[0], recorded.config)
@@ -451,6 +469,7 @@ def finetune(
             device=str(torch_device), matmul_precision=precision, label=label,
             checkpoint_minutes=check_minutes(checkpoint_minutes or CHECKPOINT_MINUTES),
             data=data, record_dataset=record_dataset, video_every=video_every, video_max_steps=video_max_steps,
+            compile=check_compile_mode(compile_mode or "auto", start_from["algo"], algorithm(start_from["algo"])[1]),
         )
         config = apply_overrides(config_from_dict(algorithm(settings.algo)[0], start_from["config"]), overrides or {})
         suffix = "-ft" if data is None else "-data"

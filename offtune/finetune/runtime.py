@@ -121,6 +121,32 @@ def limit_cpu_threads(device: torch.device) -> None:
 
 
 MATMUL_PRECISIONS = ("highest", "high", "medium")
+COMPILE_MODES = ("auto", "on", "off")
+AUTO_COMPILE_UPDATES = 20_000
+"""``--compile auto`` compiles a phase of at least this many updates: compiling takes 20-60 s on a CPU, which
+a shorter phase would not win back."""
+
+
+def check_compile_mode(mode: str, algo: str, agent_class: type) -> str:
+    """``mode`` if it is one of ``COMPILE_MODES`` that ``agent_class`` can run, else an error for people."""
+    if mode not in COMPILE_MODES:
+        raise OfftuneError(f"unknown --compile '{mode}'; choose from {', '.join(COMPILE_MODES)}."
+                           f"{suggest(mode, COMPILE_MODES)}")
+    if mode == "on" and not hasattr(agent_class, "compile"):
+        raise OfftuneError(f"{algo.upper()} has no compiled update; use --compile off (or auto)")
+    return mode
+
+
+def compile_agent(agent: Any, mode: str, updates: int) -> Any:
+    """Switch ``agent`` to its compiled update (``agent.compile()``) when ``mode`` asks for it.
+
+    ``auto`` compiles agents that have a compiled update when the phase runs ``updates`` ≥
+    ``AUTO_COMPILE_UPDATES`` of them, ``on`` always, ``off`` never (``check_compile_mode`` vets ``on``).
+    Returns the compiled update (its ``compile_seconds`` grow while its first calls compile), or None.
+    """
+    if mode == "off" or not hasattr(agent, "compile") or (mode == "auto" and updates < AUTO_COMPILE_UPDATES):
+        return None
+    return agent.compile()
 
 
 def set_matmul_precision(precision: str | None) -> str:

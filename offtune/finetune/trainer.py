@@ -24,6 +24,8 @@ from offtune.finetune.runs import (
     prepare_offline,
 )
 from offtune.finetune.runtime import (
+    AUTO_COMPILE_UPDATES,
+    COMPILE_MODES,
     MATMUL_PRECISIONS,
     Interrupted,
     Progress,
@@ -33,8 +35,9 @@ from offtune.finetune.runtime import (
 from offtune.policies.checkpoint import resolve_device
 
 __all__ = [
-    "ALGORITHMS", "EVALUATION_SEED_OFFSET", "MATMUL_PRECISIONS", "FinetuneSettings", "Interrupted", "OfflineRun",
-    "OnlineRun", "PreparedData", "PretrainSettings", "Progress", "RunResult", "SilentProgress", "algorithm",
+    "ALGORITHMS", "AUTO_COMPILE_UPDATES", "COMPILE_MODES", "EVALUATION_SEED_OFFSET", "MATMUL_PRECISIONS",
+    "FinetuneSettings", "Interrupted", "OfflineRun", "OnlineRun", "PreparedData", "PretrainSettings", "Progress",
+    "RunResult", "SilentProgress", "algorithm",
     "build_config", "datasets", "default_eval_episodes", "finetune", "prepare_offline", "pretrain",
     "resolve_device", "set_matmul_precision", "write_report",
 ]

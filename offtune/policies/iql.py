@@ -38,6 +38,7 @@ from offtune.policies.networks import (
     orthogonal_init_,
     soft_update,
 )
+from offtune.policies.steps import CompiledUpdate, descend, init_adam_state
 
 
 @dataclass
@@ -90,6 +91,12 @@ def critic_target(rewards: torch.Tensor, dones: torch.Tensor, next_values: torch
     return rewards + discount * (1.0 - dones) * next_values
 
 
+def policy_log_prob(mean: torch.Tensor, std: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+    """log π(a|s) of the actor's (mean, std), summed over action dimensions (no tanh Jacobian: the
+    distribution is not squashed)."""
+    return gaussian_log_prob(actions, mean, std).sum(-1)
+
+
 class GaussianActor(nn.Module):
     """π(a|s) = N(tanh(μ(s)), diag(σ²)), σ = exp(clip(log σ, min, max)), log σ a learned vector (init 0).
 
@@ -116,11 +123,6 @@ class GaussianActor(nn.Module):
         """The mean tanh(μ(s)) and the standard deviation σ."""
         std = self.log_std.clamp(self.log_std_min, self.log_std_max).exp()
         return self.mean_net(observations), std
-
-    def log_prob(self, observations: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
-        """log π(a|s), summed over action dimensions (no tanh Jacobian: the distribution is not squashed)."""
-        mean, std = self(observations)
-        return gaussian_log_prob(actions, mean, std).sum(-1)
 
     def sample(self, observations: torch.Tensor, temperature: float) -> torch.Tensor:
         """a ~ N(tanh μ, (temperature · σ)²), clipped to [-1, 1] like the official ``sample_actions``."""
@@ -156,6 +158,9 @@ class IQLAgent:
         self.updates = 0
         self.actor_lr_decay_steps = 0
         """Length of the cosine actor-lr decay in updates; 0 keeps the actor lr constant."""
+        self._actor_lr = torch.tensor(config.actor_lr, device=self.device)
+        """The scheduled actor lr as a tensor, for a compiled update (a float would recompile it every step)."""
+        self._update_step = self._update
 
     def actor_lr(self) -> float:
         """Cosine decay base · ½(1 + cos(π · min(t, T) / T)) over T offline updates (optax schedule)."""
@@ -166,6 +171,17 @@ class IQLAgent:
         return self.config.actor_lr * 0.5 * (1.0 + math.cos(math.pi * progress))
 
     def update(self, batch: Batch) -> dict[str, torch.Tensor]:
+        lr = self.actor_lr()
+        for group in self.actor_optimizer.param_groups:
+            group["lr"] = lr
+        self._actor_lr.fill_(lr)
+        self.actor.train()
+        metrics = self._update_step(batch)
+        self.updates += 1
+        return metrics
+
+    def _update(self, batch: Batch) -> dict[str, torch.Tensor]:
+        """The gradient step proper, without Python state: what ``compile`` compiles."""
         config = self.config
         observations, actions, rewards, next_observations, dones = batch
 
@@ -173,11 +189,11 @@ class IQLAgent:
             target_q = self.target_critic(observations, actions).min(dim=0).values
 
         # 1. V(s) regresses towards the τ-expectile of q̂ = min Q̄(s, a).
-        values = self.value(observations).squeeze(-1)
-        value_loss = expectile_loss(target_q - values, config.expectile)
-        self.value_optimizer.zero_grad(set_to_none=True)
-        value_loss.backward()
-        self.value_optimizer.step()
+        def value_loss_of(value: Callable[..., torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+            values = value(observations).squeeze(-1)
+            return expectile_loss(target_q - values, config.expectile), values.detach()
+
+        value_loss, values_before_step = descend(self.value_optimizer, self.value, value_loss_of)
 
         # 2. Advantage-weighted regression with the updated V; V(s') for the critic from the same pass.
         with torch.no_grad():
@@ -185,34 +201,39 @@ class IQLAgent:
             updated_values, next_values = both.chunk(2)
             advantage = target_q - updated_values
             weights = advantage_weights(advantage, config.beta, config.max_advantage_weight)
-        for group in self.actor_optimizer.param_groups:
-            group["lr"] = self.actor_lr()
-        self.actor.train()
-        actor_loss = -(weights * self.actor.log_prob(observations, actions)).mean()
-        self.actor_optimizer.zero_grad(set_to_none=True)
-        actor_loss.backward()
-        self.actor_optimizer.step()
+
+        def actor_loss_of(actor: Callable[..., tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, dict]:
+            return -(weights * policy_log_prob(*actor(observations), actions)).mean(), {}
+
+        actor_loss, _ = descend(self.actor_optimizer, self.actor, actor_loss_of, lr=self._actor_lr)
 
         # 3. Both critics regress on y = r + γ (1 - d) V(s').
         targets = critic_target(rewards, dones, next_values, config.discount)
-        q = self.critic(observations, actions)
-        critic_loss = (q - targets).square().sum(dim=0).mean()
-        self.critic_optimizer.zero_grad(set_to_none=True)
-        critic_loss.backward()
-        self.critic_optimizer.step()
+
+        def critic_loss_of(critic: Callable[..., torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+            q = critic(observations, actions)
+            return (q - targets).square().sum(dim=0).mean(), q.detach()
+
+        critic_loss, q = descend(self.critic_optimizer, self.critic, critic_loss_of)
 
         # 4. Polyak-average the target critics every step.
         soft_update(self.target_critic, self.critic, config.target_update_rate)
-        self.updates += 1
         return {
-            "value_loss": value_loss.detach(),
-            "actor_loss": actor_loss.detach(),
-            "critic_loss": critic_loss.detach(),
-            "q": q.detach().mean(),
-            "v": updated_values.mean(),
+            "value_loss": value_loss,
+            "actor_loss": actor_loss,
+            "critic_loss": critic_loss,
+            "q": q.mean(),
+            "v": values_before_step.mean(),  # as the official ``update_v`` logs it
             "advantage": advantage.mean(),
             "advantage_weight": weights.mean(),
         }
+
+    def compile(self) -> CompiledUpdate:
+        """Run every update as one ``torch.compile``'d graph (see ``offtune.policies.steps``)."""
+        for optimizer in (self.value_optimizer, self.actor_optimizer, self.critic_optimizer):
+            init_adam_state(optimizer)
+        self._update_step = CompiledUpdate(self._update)
+        return self._update_step
 
     @torch.no_grad()
     def act(self, observations: torch.Tensor, deterministic: bool = True) -> torch.Tensor:

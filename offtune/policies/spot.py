@@ -45,6 +45,7 @@ from offtune.policies.networks import (
     soft_update,
     uniform_head_init_,
 )
+from offtune.policies.steps import CompiledUpdate, descend, init_adam_state
 
 
 @dataclass
@@ -170,7 +171,7 @@ def target_actions(target_actions_mean: torch.Tensor, policy_noise: float, noise
 
 
 def normalized_actor_loss(
-    q_pi: torch.Tensor, neg_log_beta: torch.Tensor, lam: float, q_normalization: bool
+    q_pi: torch.Tensor, neg_log_beta: torch.Tensor, lam: float | torch.Tensor, q_normalization: bool
 ) -> torch.Tensor:
     """-mean(Q₁(s, π(s))) / mean|Q₁(s, π(s))|.detach() + λ · mean(neg_log_beta(s, π(s)))."""
     q_term = -q_pi.mean()
@@ -213,8 +214,11 @@ class SPOTAgent:
         self.updates = 0
         self.discount = config.discount
         self.lam = config.lam
+        self._lam = torch.tensor(config.lam, device=self.device)
+        """λ as a tensor, for a compiled update (a float would recompile it whenever λ cools)."""
         zero = torch.zeros((), device=self.device)
         self._actor_metrics = {"actor_loss": zero, "neg_log_beta": zero, "q_pi": zero}
+        self._update_step = self._update
 
     def prepare(self, sample: Callable[[int], Batch], progress: Callable[[int, dict], None]) -> None:
         """Train the VAE for the remaining of ``vae_steps`` iterations, then freeze it for good."""
@@ -244,41 +248,51 @@ class SPOTAgent:
         return estimate(observations, actions, config.vae_kl_weight, config.num_samples)
 
     def update(self, batch: Batch) -> dict[str, torch.Tensor]:
+        self.updates += 1
+        actor_turn = self.updates % self.config.policy_freq == 0
+        self.actor.train()
+        metrics = self._update_step(batch, actor_turn)
+        if actor_turn:
+            self._actor_metrics = {name: metrics[name] for name in self._actor_metrics}
+        return {**self._actor_metrics, **metrics}
+
+    def _update(self, batch: Batch, actor_turn: bool) -> dict[str, torch.Tensor]:
+        """The gradient step proper: what ``compile`` compiles (one graph per value of ``actor_turn``)."""
         config = self.config
         observations, actions, rewards, next_observations, dones = batch
-        self.updates += 1
 
         with torch.no_grad():
             next_actions = target_actions(self.target_actor(next_observations), config.policy_noise, config.noise_clip)
             next_q = self.target_critic(next_observations, next_actions).min(dim=0).values
             targets = rewards + self.discount * (1.0 - dones) * next_q
 
-        q = self.critic(observations, actions)
-        critic_loss = (q - targets).square().mean(dim=1).sum()
-        self.critic_optimizer.zero_grad(set_to_none=True)
-        critic_loss.backward()
-        self.critic_optimizer.step()
+        def critic_loss_of(critic: Callable[..., torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+            q = critic(observations, actions)
+            return (q - targets).square().mean(dim=1).sum(), q.detach().mean()
 
-        if self.updates % config.policy_freq == 0:
-            self.actor.train()
-            pi = self.actor(observations)
-            self.critic.requires_grad_(False)
+        critic_loss, q = descend(self.critic_optimizer, self.critic, critic_loss_of)
+        metrics = {"critic_loss": critic_loss, "q": q}
+        if not actor_turn:
+            return metrics
+
+        def actor_loss_of(actor: Callable[..., torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+            pi = actor(observations)
             q_pi = self.critic.member(0, observations, pi)
-            self.critic.requires_grad_(True)
             neg_log_beta = self.neg_log_beta(observations, pi)
-            actor_loss = normalized_actor_loss(q_pi, neg_log_beta, self.lam, config.q_normalization)
-            self.actor_optimizer.zero_grad(set_to_none=True)
-            actor_loss.backward()
-            self.actor_optimizer.step()
+            actor_loss = normalized_actor_loss(q_pi, neg_log_beta, self._lam, config.q_normalization)
+            return actor_loss, {"neg_log_beta": neg_log_beta.detach().mean(), "q_pi": q_pi.detach().mean()}
 
-            soft_update(self.target_critic, self.critic, config.target_update_rate)
-            soft_update(self.target_actor, self.actor, config.target_update_rate)
-            self._actor_metrics = {
-                "actor_loss": actor_loss.detach(),
-                "neg_log_beta": neg_log_beta.detach().mean(),
-                "q_pi": q_pi.detach().mean(),
-            }
-        return {"critic_loss": critic_loss.detach(), "q": q.detach().mean(), **self._actor_metrics}
+        actor_loss, actor_metrics = descend(self.actor_optimizer, self.actor, actor_loss_of)
+        soft_update(self.target_critic, self.critic, config.target_update_rate)
+        soft_update(self.target_actor, self.actor, config.target_update_rate)
+        return {**metrics, "actor_loss": actor_loss, **actor_metrics}
+
+    def compile(self) -> CompiledUpdate:
+        """Run every update as one ``torch.compile``'d graph (see ``offtune.policies.steps``)."""
+        for optimizer in (self.actor_optimizer, self.critic_optimizer):
+            init_adam_state(optimizer)
+        self._update_step = CompiledUpdate(self._update)
+        return self._update_step
 
     @torch.no_grad()
     def act(self, observations: torch.Tensor, deterministic: bool = True) -> torch.Tensor:
@@ -290,7 +304,7 @@ class SPOTAgent:
 
     @torch.no_grad()
     def explore(self, observations: torch.Tensor) -> torch.Tensor:
-        """clip(π(s) + N(0, σ), ±1), σ = ``exploration_noise``; the noise is cut only when ``exploration_noise_clip``."""
+        """clip(π(s) + N(0, σ), ±1), σ = ``exploration_noise``; the noise is cut only at ``exploration_noise_clip``."""
         with eval_mode(self.actor):
             actions = self.actor(observations)
         noise = torch.randn_like(actions) * self.config.exploration_noise
@@ -318,6 +332,7 @@ class SPOTAgent:
         The official code uses t / 1e6 with T = 1e6 online steps, so the floor λ_end · λ is reached at 80%.
         """
         self.lam = self.config.lam * max(self.config.lam_end, 1.0 - progress)
+        self._lam.fill_(self.lam)
 
     def state_dict(self) -> dict[str, Any]:
         state = {
@@ -349,6 +364,7 @@ class SPOTAgent:
         self.updates = state["updates"]
         self.discount = state["discount"]
         self.lam = state["lam"]
+        self._lam.fill_(self.lam)
         if "vae_optimizer" in state:
             self.vae_optimizer = adam(self.vae.parameters(), self.config.vae_lr)
             self.vae_optimizer.load_state_dict(state["vae_optimizer"])
