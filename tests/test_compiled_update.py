@@ -140,6 +140,28 @@ def test_compile_modes():
     assert compile_agent(agent, "on", 1) is not None
 
 
+def test_a_failed_compile_runs_eagerly_under_auto_and_stops_under_on(monkeypatch):
+    def broken_compiler(step, **options):
+        def compiled(*args):
+            raise RuntimeError("C++ compiler not found")
+        return compiled
+
+    monkeypatch.setattr(torch, "compile", broken_compiler)
+    batch = agent_checks.random_batch(OBS, ACT, BATCH, seed=0)
+    eager, fallback = iql_agent(), iql_agent()
+    compiled = compile_agent(fallback, "auto", AUTO_COMPILE_UPDATES)
+    with pytest.warns(UserWarning, match="compiling the update failed .RuntimeError: C.. compiler not found.; "
+                                         "running it eagerly"):
+        fallback.update(batch)
+    eager.update(batch)
+    agent_checks.assert_same(eager.state_dict(), fallback.state_dict())  # the update ran once, eagerly
+    assert compiled.step is compiled.eager
+    required = iql_agent()
+    compile_agent(required, "on", 1)
+    with pytest.raises(OfftuneError, match="compiling the update failed .* use --compile off"):
+        required.update(batch)
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA: checks that the hot loop never syncs the host")
 @pytest.mark.parametrize("make_agent", [iql_agent, spot_agent], ids=["iql", "spot"])
 def test_compiled_update_does_not_synchronise_the_host_on_cuda(make_agent):

@@ -146,7 +146,9 @@ def compile_agent(agent: Any, mode: str, updates: int) -> Any:
     """
     if mode == "off" or not hasattr(agent, "compile") or (mode == "auto" and updates < AUTO_COMPILE_UPDATES):
         return None
-    return agent.compile()
+    compiled = agent.compile()
+    compiled.eager_fallback = mode == "auto"  # asked for by name, a failure to compile is an error
+    return compiled
 
 
 def set_matmul_precision(precision: str | None) -> str:

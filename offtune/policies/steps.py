@@ -15,11 +15,14 @@ Values that change between updates (a learning-rate schedule, SPOT's λ) must re
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 import torch
 from torch import nn
+
+from offtune.errors import OfftuneError
 
 Aux = TypeVar("Aux")
 LossOf = Callable[[Callable[..., Any]], tuple[torch.Tensor, Aux]]
@@ -98,20 +101,33 @@ class CompiledUpdate:
     """An update step under ``torch.compile`` (one graph: ``fullgraph``), timing the calls that compile it.
 
     A call compiles when it is the first with its non-tensor arguments (SPOT's critic-only and actor steps are
-    two graphs); ``compile_seconds`` sums those calls. CUDA graphs are left off: they are not tested here.
+    two graphs); ``compile_seconds`` sums those calls. If compiling fails (no C++ compiler, an unsupported
+    device), the step runs eagerly from then on when ``eager_fallback``, with a warning; otherwise the error
+    says to turn compiling off. Compiling fails before the graph runs, so the eager rerun does the update once.
+    CUDA graphs are left off: they are not tested here.
     """
 
     def __init__(self, step: Callable[..., Any]) -> None:
+        self.eager = step
         self.step = torch.compile(step, fullgraph=True)
         self.compile_seconds = 0.0
         self.compiled_variants: set[tuple[Any, ...]] = set()
+        self.eager_fallback = True
 
     def __call__(self, *args: Any) -> Any:
         variant = tuple(arg for arg in args if not isinstance(arg, (torch.Tensor, tuple)))
         if variant in self.compiled_variants:
             return self.step(*args)
         started = time.perf_counter()
-        result = self.step(*args)
+        try:
+            result = self.step(*args)
+        except Exception as error:  # noqa: BLE001 - whatever stops the compiler, the eager step can still run
+            reason = f"{type(error).__name__}: {str(error).strip().splitlines()[0] if str(error).strip() else ''}"
+            if not self.eager_fallback:
+                raise OfftuneError(f"compiling the update failed ({reason[:200]}); use --compile off") from error
+            warnings.warn(f"compiling the update failed ({reason[:200]}); running it eagerly", stacklevel=2)
+            self.step = self.eager
+            result = self.eager(*args)
         self.compile_seconds += time.perf_counter() - started
         self.compiled_variants.add(variant)
         return result
