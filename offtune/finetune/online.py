@@ -390,6 +390,62 @@ def _resumed_finetune_settings(resume: str | Path, device: str, matmul_precision
     return settings, recorded
 
 
+def _check_new_run_options(checkpoint: str | Path | None, steps: int, utd: int, num_envs: int,
+                           buffer_size: int | None, seed: int | None, data: str | None, record_dataset: str | None,
+                           video_every: int | None, video_max_steps: int | None) -> None:
+    """A new fine-tuning run's options, each mistake one line."""
+    if checkpoint is None:
+        raise OfftuneError("give a checkpoint to fine-tune, or --resume DIR")
+    if utd < 1 or num_envs < 1 or steps < 1:
+        raise OfftuneError("--steps, --utd and --num-envs must be positive")
+    if num_envs > MAX_ENVS:
+        raise OfftuneError(f"--num-envs must be at most {MAX_ENVS}, got {num_envs}")
+    if buffer_size is not None and buffer_size < num_envs:
+        raise OfftuneError(f"--buffer-size must hold one step of every env (--num-envs {num_envs}), "
+                           f"got {buffer_size}")
+    if data is not None:
+        refuse_live_env_options(utd, num_envs, buffer_size, record_dataset)
+    if video_max_steps is not None and video_every is None:
+        raise OfftuneError("--video-max-steps goes with --video-every")
+    if (video_every is not None and video_every < 1) or (video_max_steps is not None and video_max_steps < 1):
+        raise OfftuneError("--video-every and --video-max-steps must be positive")
+    if seed is not None:
+        check_seed(seed)
+
+
+def _check_resources(settings: FinetuneSettings, config: Any, info: DatasetInfo, device: torch.device,
+                     run_path: Path) -> None:
+    """Before anything is written: the record target is free and the batch and online buffer fit in memory."""
+    if settings.record_dataset is not None:
+        check_record_target(settings.record_dataset, run_path)
+    check_batch_memory(config, info, device)
+    if settings.data is None:
+        check_memory(settings.buffer_size * transition_bytes(info), device,
+                     f"an online buffer of {settings.buffer_size:,} transitions",
+                     "lower --buffer-size (its default is --steps; older transitions are then overwritten)")
+
+
+def _training_data(settings: FinetuneSettings, config: Any, info: DatasetInfo, start_from: dict[str, Any],
+                   download: bool, device: torch.device, resumed: bool) -> tuple[PreparedData, Any]:
+    """The offline data prepared as pretraining prepared it, and the logged transitions of ``--data`` (or None)."""
+    # The exact Minari id pretraining loaded: the name it was given can resolve to another version by now.
+    source = datasets.load(info.minari_id, task_mode=info.task_mode, download=download)
+    if source.info.obs_dim != info.obs_dim or source.info.action_dim != info.action_dim:
+        raise OfftuneError(
+            f"the checkpoint expects observations of size {info.obs_dim} and actions of size {info.action_dim}, "
+            f"but dataset {info.name} now gives {source.info.obs_dim} and {source.info.action_dim}"
+        )
+    prepared = prepare_offline(source, config, Normalizer.from_dict(start_from["normalizer"]),
+                               RewardTransform(**start_from["reward_transform"]))
+    if settings.data is None:
+        return prepared, None
+    # buffer_size is the number of logged transitions, by which a resumed run sees the dataset unchanged.
+    logged = logged_transitions(settings.data, info, config, prepared, download, device,
+                                settings.buffer_size if resumed else None)
+    settings.buffer_size = len(logged.rewards)
+    return prepared, logged
+
+
 def finetune(
     checkpoint: str | Path | None = None,
     *,
@@ -440,23 +496,8 @@ def finetune(
         config = config_from_dict(algorithm(settings.algo)[0], recorded.config)
         run_path = Path(resume)
     else:
-        if checkpoint is None:
-            raise OfftuneError("give a checkpoint to fine-tune, or --resume DIR")
-        if utd < 1 or num_envs < 1 or steps < 1:
-            raise OfftuneError("--steps, --utd and --num-envs must be positive")
-        if num_envs > MAX_ENVS:
-            raise OfftuneError(f"--num-envs must be at most {MAX_ENVS}, got {num_envs}")
-        if buffer_size is not None and buffer_size < num_envs:
-            raise OfftuneError(f"--buffer-size must hold one step of every env (--num-envs {num_envs}), "
-                               f"got {buffer_size}")
-        if data is not None:
-            refuse_live_env_options(utd, num_envs, buffer_size, record_dataset)
-        if video_max_steps is not None and video_every is None:
-            raise OfftuneError("--video-max-steps goes with --video-every")
-        if (video_every is not None and video_every < 1) or (video_max_steps is not None and video_max_steps < 1):
-            raise OfftuneError("--video-every and --video-max-steps must be positive")
-        if seed is not None:
-            check_seed(seed)
+        _check_new_run_options(checkpoint, steps, utd, num_envs, buffer_size, seed, data, record_dataset,
+                               video_every, video_max_steps)
         start_from = load_checkpoint(checkpoint)
         torch_device, precision = device_and_precision(device, matmul_precision)
         recorded_settings = start_from.get("run", {})
@@ -475,28 +516,9 @@ def finetune(
         suffix = "-ft" if data is None else "-data"
         run_path = new_run_dir(out, default_run_dir(settings.algo, settings.dataset, settings.seed, suffix))
     info, torch_device = DatasetInfo.from_dict(start_from["dataset"]), torch.device(settings.device)
-    if settings.record_dataset is not None:
-        check_record_target(settings.record_dataset, run_path)
-    check_batch_memory(config, info, torch_device)
-    if settings.data is None:
-        check_memory(settings.buffer_size * transition_bytes(info), torch_device,
-                     f"an online buffer of {settings.buffer_size:,} transitions",
-                     "lower --buffer-size (its default is --steps; older transitions are then overwritten)")
-    # The exact Minari id pretraining loaded: the name it was given can resolve to another version by now.
-    source = datasets.load(info.minari_id, task_mode=info.task_mode, download=download)
-    if source.info.obs_dim != info.obs_dim or source.info.action_dim != info.action_dim:
-        raise OfftuneError(
-            f"the checkpoint expects observations of size {info.obs_dim} and actions of size {info.action_dim}, "
-            f"but dataset {info.name} now gives {source.info.obs_dim} and {source.info.action_dim}"
-        )
-    prepared = prepare_offline(source, config, Normalizer.from_dict(start_from["normalizer"]),
-                               RewardTransform(**start_from["reward_transform"]))
-    logged = None
-    if settings.data is not None:
-        # buffer_size is the number of logged transitions, by which a resumed run sees the dataset unchanged.
-        logged = logged_transitions(settings.data, info, config, prepared, download, torch_device,
-                                    settings.buffer_size if resume is not None else None)
-        settings.buffer_size = len(logged.rewards)
+    _check_resources(settings, config, info, torch_device, run_path)
+    prepared, logged = _training_data(settings, config, info, start_from, download, torch_device,
+                                      resumed=resume is not None)
     directory = open_run_directory(run_path, logger, settings, config, info, fresh=resume is None)
     run = None
     try:
