@@ -54,6 +54,14 @@ def spot_agent(device: str = "cpu") -> SPOTAgent:
     return agent
 
 
+def misa_agent(device: str = "cpu") -> MISAAgent:
+    """HMC on offline and off online (both update graphs), adaptation on and off (both HMC step graphs), the
+    Lagrange multiplier, and γ₁, γ₂ cooling online."""
+    torch.manual_seed(0)
+    return MISAAgent(OBS, ACT, MISAConfig(hidden_dims=(32, 32), batch_size=BATCH, n_actions=6, hmc_burnin_steps=3,
+                                          hmc_num_samples=4, use_lagrange=True, min_q_weight_end=0.5), device)
+
+
 def on(device: str, batch: Batch) -> Batch:
     return Batch(*(tensor.to(device) for tensor in batch))
 
@@ -87,7 +95,7 @@ def assert_same_state(eager_state, compiled_state) -> None:
         assert eager_state == compiled_state
 
 
-@pytest.mark.parametrize("make_agent", [iql_agent, spot_agent], ids=["iql", "spot"])
+@pytest.mark.parametrize("make_agent", [iql_agent, spot_agent, misa_agent], ids=["iql", "spot", "misa"])
 def test_compiled_and_eager_updates_agree_after_100_updates(float64_same_random_draws, make_agent):
     eager, compiled = make_agent(), make_agent()
     compiled_update = compiled.compile()
@@ -99,9 +107,14 @@ def test_compiled_and_eager_updates_agree_after_100_updates(float64_same_random_
             assert compiled_metrics[name].item() == pytest.approx(value.item(), rel=TOLERANCE, abs=TOLERANCE), name
     # Weights, optimiser states (Adam's moments and step counts) and counters: one checkpoint for both paths.
     assert_same_state(eager.state_dict(), compiled.state_dict())
-    # One graph per kind of step (SPOT: critic-only and critic + actor), compiled once: the scheduled lr, λ
-    # and the online switch reach the graph as tensors or as a one-off recompile, not a recompile per update.
-    assert len(compiled_update.compiled_variants) == (2 if isinstance(compiled, SPOTAgent) else 1)
+    # One graph per kind of step (SPOT: critic-only and critic + actor; MISA: the update with and, online,
+    # without HMC chains, and an HMC step with and without step-size adaptation), compiled once: the scheduled
+    # lr, λ, γ₁, γ₂ and the online switch reach the graph as tensors or as a one-off recompile, not a recompile
+    # per update.
+    if isinstance(compiled, MISAAgent):
+        assert [len(step.compiled_variants) for step in compiled_update.steps] == [2, 2]
+    else:
+        assert len(compiled_update.compiled_variants) == (2 if isinstance(compiled, SPOTAgent) else 1)
     assert compiled_update.compile_seconds > 0
 
 
@@ -129,13 +142,9 @@ def test_compile_modes():
     agent = IQLAgent(OBS, ACT, IQLConfig(hidden_dims=(8,)))
     assert compile_agent(agent, "off", 10**9) is None
     assert compile_agent(agent, "auto", AUTO_COMPILE_UPDATES - 1) is None
-    misa = MISAAgent(OBS, ACT, MISAConfig(hidden_dims=(8,)), torch.device("cpu"))
-    assert compile_agent(misa, "auto", 10**9) is None
-    assert check_compile_mode("auto", "misa", MISAAgent) == "auto"
-    with pytest.raises(OfftuneError, match="MISA has no compiled update; use --compile off"):
-        check_compile_mode("on", "misa", MISAAgent)
+    assert check_compile_mode("auto") == "auto"
     with pytest.raises(OfftuneError, match="unknown --compile 'yes'"):
-        check_compile_mode("yes", "iql", IQLAgent)
+        check_compile_mode("yes")
     assert compile_agent(agent, "auto", AUTO_COMPILE_UPDATES) is not None
     assert compile_agent(agent, "on", 1) is not None
 
@@ -163,7 +172,7 @@ def test_a_failed_compile_runs_eagerly_under_auto_and_stops_under_on(monkeypatch
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA: checks that the hot loop never syncs the host")
-@pytest.mark.parametrize("make_agent", [iql_agent, spot_agent], ids=["iql", "spot"])
+@pytest.mark.parametrize("make_agent", [iql_agent, spot_agent, misa_agent], ids=["iql", "spot", "misa"])
 def test_compiled_update_does_not_synchronise_the_host_on_cuda(make_agent):
     agent = make_agent("cuda")
     agent.compile()

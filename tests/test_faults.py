@@ -534,7 +534,6 @@ BAD_INPUTS = [
     (["pretrain", "iql", "DATASET", "--device", "cuda:99"], 2, "--device cuda:99 was asked for"),
     (["pretrain", "iql", "DATASET", "--matmul-precision", "low"], 2, "'highest', 'high', 'medium'"),
     (["pretrain", "iql", "DATASET", "--compile", "yes"], 2, "'auto', 'on', 'off'"),
-    (["pretrain", "misa", "DATASET", "--compile", "on"], 2, "MISA has no compiled update; use --compile off"),
     (["pretrain", "iql", "DATASET", "--checkpoint-every-minutes", "0"], 2, "'--checkpoint-every-minutes'"),
     (["pretrain", "iql", "DATASET", "--protocol", "paper"], 2, "'--protocol'"),
     (["pretrain", "iql", "DATASET", "--checkpoint-every-minutes", "nan"], 2, "must be positive, got nan"),

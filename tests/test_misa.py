@@ -408,7 +408,7 @@ def test_hmc_targets_pi_times_exp_q_from_the_dataset_actions(fixed_noise):
     agent.update(fixed_batch())
     assert fixed_noise.initial_states.squeeze(-1).tolist() == pytest.approx(CLIPPED_A, rel=1e-6)
     assert fixed_noise.settings == dict(num_results=2, num_burnin_steps=3, num_leapfrog_steps=4, step_size=0.7,
-                                        num_adaptation_steps=1)
+                                        num_adaptation_steps=1, step=hmc.transition)
     # log p(a|s) = log N(atanh a; μ, σ) - log(1 - a²) + min Q(s, a), up to a per-state constant; 0 outside (-1, 1).
     got = fixed_noise.probed
     for s, a, value in zip(S[:2], DENSITY_PROBES[:2], got[:2], strict=True):

@@ -234,8 +234,7 @@ def _resumed_pretrain_settings(resume: str | Path, algo: str | None, dataset: st
         checkpoint_minutes=check_minutes(checkpoint_minutes or run.get("checkpoint_minutes", CHECKPOINT_MINUTES)),
         # Runs from before protocols existed pretrained with the offline scripts' settings.
         protocol=run.get("protocol", "offline"),
-        compile=check_compile_mode(compile_mode or run.get("compile", "auto"), recorded.algo,
-                                   algorithm(recorded.algo)[1]),
+        compile=check_compile_mode(compile_mode or run.get("compile", "auto")),
     )
     return settings, recorded
 
@@ -302,7 +301,7 @@ def pretrain(
             eval_episodes=eval_episodes or default_eval_episodes(data.info), device=str(torch_device),
             matmul_precision=precision, label=label,
             checkpoint_minutes=check_minutes(checkpoint_minutes or CHECKPOINT_MINUTES), protocol=protocol,
-            compile=check_compile_mode(compile_mode or "auto", algo, algorithm(algo)[1]),
+            compile=check_compile_mode(compile_mode or "auto"),
         )
         sets = {**(overrides or {}), **({"batch_size": batch_size} if batch_size else {})}
         config = build_config(settings.algo, data.info, sets, config_file, protocol)

@@ -384,8 +384,7 @@ def _resumed_finetune_settings(resume: str | Path, device: str, matmul_precision
         checkpoint_minutes=check_minutes(checkpoint_minutes or run.get("checkpoint_minutes", CHECKPOINT_MINUTES)),
         data=run.get("data"), record_dataset=run.get("record_dataset"), video_every=run.get("video_every"),
         video_max_steps=run.get("video_max_steps"),
-        compile=check_compile_mode(compile_mode or run.get("compile", "auto"), recorded.algo,
-                                   algorithm(recorded.algo)[1]),
+        compile=check_compile_mode(compile_mode or run.get("compile", "auto")),
     )
     return settings, recorded
 
@@ -510,7 +509,7 @@ def finetune(
             device=str(torch_device), matmul_precision=precision, label=label,
             checkpoint_minutes=check_minutes(checkpoint_minutes or CHECKPOINT_MINUTES),
             data=data, record_dataset=record_dataset, video_every=video_every, video_max_steps=video_max_steps,
-            compile=check_compile_mode(compile_mode or "auto", start_from["algo"], algorithm(start_from["algo"])[1]),
+            compile=check_compile_mode(compile_mode or "auto"),
         )
         config = apply_overrides(config_from_dict(algorithm(settings.algo)[0], start_from["config"]), overrides or {})
         suffix = "-ft" if data is None else "-data"

@@ -20,6 +20,8 @@ import numpy as np
 import torch
 
 from offtune.errors import OfftuneError, suggest
+from offtune.policies.base import Agent
+from offtune.policies.steps import CompiledSteps, CompiledUpdate
 
 SEED_RANGE = (0, 2**32 - 1)
 """Seeds every random generator a run seeds (numpy's legacy one is the narrowest) accepts as they are."""
@@ -127,24 +129,22 @@ AUTO_COMPILE_UPDATES = 20_000
 a shorter phase would not win back."""
 
 
-def check_compile_mode(mode: str, algo: str, agent_class: type) -> str:
-    """``mode`` if it is one of ``COMPILE_MODES`` that ``agent_class`` can run, else an error for people."""
+def check_compile_mode(mode: str) -> str:
+    """``mode`` if it is one of ``COMPILE_MODES``, else an error for people."""
     if mode not in COMPILE_MODES:
         raise OfftuneError(f"unknown --compile '{mode}'; choose from {', '.join(COMPILE_MODES)}."
                            f"{suggest(mode, COMPILE_MODES)}")
-    if mode == "on" and not hasattr(agent_class, "compile"):
-        raise OfftuneError(f"{algo.upper()} has no compiled update; use --compile off (or auto)")
     return mode
 
 
-def compile_agent(agent: Any, mode: str, updates: int) -> Any:
+def compile_agent(agent: Agent, mode: str, updates: int) -> CompiledUpdate | CompiledSteps | None:
     """Switch ``agent`` to its compiled update (``agent.compile()``) when ``mode`` asks for it.
 
-    ``auto`` compiles agents that have a compiled update when the phase runs ``updates`` ≥
-    ``AUTO_COMPILE_UPDATES`` of them, ``on`` always, ``off`` never (``check_compile_mode`` vets ``on``).
-    Returns the compiled update (its ``compile_seconds`` grow while its first calls compile), or None.
+    ``auto`` compiles when the phase runs ``updates`` ≥ ``AUTO_COMPILE_UPDATES`` of them, ``on`` always,
+    ``off`` never. Returns the compiled update (its ``compile_seconds`` grow while its first calls compile), or
+    None.
     """
-    if mode == "off" or not hasattr(agent, "compile") or (mode == "auto" and updates < AUTO_COMPILE_UPDATES):
+    if mode == "off" or (mode == "auto" and updates < AUTO_COMPILE_UPDATES):
         return None
     compiled = agent.compile()
     compiled.eager_fallback = mode == "auto"  # asked for by name, a failure to compile is an error

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from offtune.buffers.replay import Batch
+from offtune.policies.steps import CompiledSteps, CompiledUpdate
 
 
 class Agent(Protocol):
@@ -39,6 +40,10 @@ class Agent(Protocol):
 
     def anneal(self, progress: float) -> None:
         """Online schedules; ``progress`` goes from 0 to 1 over the online phase."""
+
+    def compile(self) -> CompiledUpdate | CompiledSteps:
+        """Run ``update`` from now on as ``torch.compile``'d graphs (``offtune.policies.steps``); the returned
+        object reports the compile time and holds the eager fallback switch."""
 
     def state_dict(self) -> dict[str, Any]: ...
 

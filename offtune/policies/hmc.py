@@ -15,7 +15,8 @@ batch; the official code draws them with TensorFlow Probability's ``HamiltonianM
 
 Every loop has a fixed trip count and every decision is a tensor ``where``, so nothing waits for the
 device. Gradients w.r.t. the state come from ``torch.autograd.grad`` on the summed log densities (the
-chains are independent, so the sum's gradient is each chain's own gradient).
+chains are independent, so the sum's gradient is each chain's own gradient). One HMC step
+(:func:`transition`) is a pure function of tensors, which MISA's compiled update compiles as one graph.
 """
 
 from __future__ import annotations
@@ -40,7 +41,15 @@ class HMCSamples(NamedTuple):
 
 
 def value_and_grad(log_density: LogDensity, states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """log p(x) per chain and ∂ log p / ∂x, both detached."""
+    """log p(x) per chain and ∂ log p / ∂x, both detached (``torch.func`` while compiling: Dynamo cannot
+    trace ``torch.autograd.grad``)."""
+    if torch.compiler.is_compiling():
+        def summed(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            log_prob = log_density(x)
+            return log_prob.sum(), log_prob
+
+        grad, log_prob = torch.func.grad(summed, has_aux=True)(states)
+        return log_prob.detach(), grad
     with torch.enable_grad():
         states = states.detach().requires_grad_(True)
         log_prob = log_density(states)
@@ -86,6 +95,49 @@ def log_accept_ratio(
     return torch.where(finite & ~torch.isnan(ratio), ratio, torch.full_like(ratio, -torch.inf))
 
 
+class ChainState(NamedTuple):
+    """Where every chain is between two HMC steps, with what the next step reuses."""
+
+    states: torch.Tensor
+    log_prob: torch.Tensor
+    grad: torch.Tensor
+    step_size: torch.Tensor
+    """The shared step size, a scalar tensor."""
+
+
+def transition(
+    log_density: LogDensity,
+    chain: ChainState,
+    num_leapfrog_steps: int,
+    adapt: bool,
+    target_accept_prob: float = 0.75,
+    adaptation_rate: float = 0.01,
+) -> tuple[ChainState, torch.Tensor]:
+    """One HMC step of every chain (momentum, leapfrog, Metropolis test; step-size adaptation when
+    ``adapt``); returns the new chain state and the share of chains that accepted.
+
+    A pure function of tensors, so ``torch.compile`` can make the whole step, leapfrog loop included, one graph.
+    """
+    states, log_prob, grad, step = chain
+    momentum = torch.randn_like(states)
+    proposal, proposal_momentum, proposal_log_prob, proposal_grad, finite = leapfrog(
+        log_density, states, momentum, grad, step, num_leapfrog_steps
+    )
+    log_ratio = log_accept_ratio(log_prob, momentum, proposal_log_prob, proposal_momentum, finite)
+    accept = torch.rand_like(log_ratio).log() < log_ratio
+    states = torch.where(accept.unsqueeze(-1), proposal, states)
+    log_prob = torch.where(accept, proposal_log_prob, log_prob)
+    grad = torch.where(accept.unsqueeze(-1), proposal_grad, grad)
+    if adapt:
+        mean_accept_prob = log_ratio.clamp(max=0.0).exp().mean()
+        grow = mean_accept_prob.log() > math.log(target_accept_prob)
+        step = torch.where(grow, step * (1.0 + adaptation_rate), step / (1.0 + adaptation_rate))
+    return ChainState(states, log_prob, grad, step), accept.to(states.dtype).mean()
+
+
+Transition = Callable[[LogDensity, ChainState, int, bool], tuple[ChainState, torch.Tensor]]
+
+
 def sample(
     log_density: LogDensity,
     initial_states: torch.Tensor,
@@ -94,31 +146,21 @@ def sample(
     num_leapfrog_steps: int,
     step_size: float,
     num_adaptation_steps: int,
-    target_accept_prob: float = 0.75,
-    adaptation_rate: float = 0.01,
+    step: Transition = transition,
 ) -> HMCSamples:
-    """Run ``initial_states.shape[0]`` chains for ``num_burnin_steps + num_results`` HMC steps."""
+    """Run ``initial_states.shape[0]`` chains for ``num_burnin_steps + num_results`` HMC steps.
+
+    ``step`` is :func:`transition` or a compiled copy of it (MISA's compiled update).
+    """
     states = initial_states.detach()
     log_prob, grad = value_and_grad(log_density, states)
-    step = torch.full((), float(step_size), dtype=states.dtype, device=states.device)
+    chain = ChainState(states, log_prob, grad, torch.full((), float(step_size), dtype=states.dtype,
+                                                           device=states.device))
     samples = states.new_empty((num_results, *states.shape))
     accepted_total = states.new_zeros(())
-    log_target = math.log(target_accept_prob)
     for index in range(num_burnin_steps + num_results):
-        momentum = torch.randn_like(states)
-        proposal, proposal_momentum, proposal_log_prob, proposal_grad, finite = leapfrog(
-            log_density, states, momentum, grad, step, num_leapfrog_steps
-        )
-        log_ratio = log_accept_ratio(log_prob, momentum, proposal_log_prob, proposal_momentum, finite)
-        accept = torch.rand_like(log_ratio).log() < log_ratio
-        states = torch.where(accept.unsqueeze(-1), proposal, states)
-        log_prob = torch.where(accept, proposal_log_prob, log_prob)
-        grad = torch.where(accept.unsqueeze(-1), proposal_grad, grad)
-        if index < num_adaptation_steps:
-            mean_accept_prob = log_ratio.clamp(max=0.0).exp().mean()
-            grow = mean_accept_prob.log() > log_target
-            step = torch.where(grow, step * (1.0 + adaptation_rate), step / (1.0 + adaptation_rate))
+        chain, accepted = step(log_density, chain, num_leapfrog_steps, index < num_adaptation_steps)
         if index >= num_burnin_steps:
-            samples[index - num_burnin_steps] = states
-            accepted_total = accepted_total + accept.to(states.dtype).mean()
-    return HMCSamples(samples, accepted_total / max(num_results, 1), step)
+            samples[index - num_burnin_steps] = chain.states
+            accepted_total = accepted_total + accepted
+    return HMCSamples(samples, accepted_total / max(num_results, 1), chain.step_size)

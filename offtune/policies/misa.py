@@ -35,6 +35,7 @@ from offtune.errors import OfftuneError, suggest
 from offtune.policies import hmc
 from offtune.policies.config import at_least, positive, within
 from offtune.policies.networks import Critic, EnsembleLinear, adam, soft_update
+from offtune.policies.steps import CompiledSteps, CompiledUpdate, descend, init_adam_state
 
 VARIANTS = ("misa", "dv", "nwj", "ba")
 MEAN_BOUNDS = (-9.0, 9.0)
@@ -290,6 +291,31 @@ def critic_at_states(critic: Critic, observations: torch.Tensor) -> Callable[[to
     return q_values
 
 
+class PolicyAndTemperature(nn.Module):
+    """π_θ and SAC's log α, the parameters the actor-side loss descends: forward(s) = (μ(s), log σ(s), log α)."""
+
+    def __init__(self, policy: TanhGaussianPolicy, log_alpha: nn.Parameter) -> None:
+        super().__init__()
+        self.policy = policy
+        self.log_alpha = log_alpha
+
+    def forward(self, observations: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return (*self.policy.distribution(observations), self.log_alpha)
+
+
+class CriticAndMultiplier(nn.Module):
+    """Q_φ and the Lagrange multiplier log α′, the parameters the critic-side loss descends:
+    forward(s, actions ``(B, N, A)``) = (Q ``(members, B, N)``, log α′)."""
+
+    def __init__(self, critic: Critic, log_alpha_prime: nn.Parameter) -> None:
+        super().__init__()
+        self.critic = critic
+        self.log_alpha_prime = log_alpha_prime
+
+    def forward(self, observations: torch.Tensor, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return critic_at_states(self.critic, observations)(actions), self.log_alpha_prime
+
+
 @contextmanager
 def _frozen(module: nn.Module) -> Iterator[None]:
     """Use ``module`` without recording its parameters, so a loss flows through it to its inputs only."""
@@ -333,6 +359,13 @@ class MISAAgent:
         self.min_q_weight = config.min_q_weight
         self.bc_weight = config.bc_weight
         self.online = False
+        self._actor_side = PolicyAndTemperature(self.policy, self.log_alpha)
+        self._critic_side = CriticAndMultiplier(self.critic, self.log_alpha_prime)
+        self._min_q_weight_now = torch.tensor(config.min_q_weight, device=self.device)
+        self._bc_weight_now = torch.tensor(config.bc_weight, device=self.device)
+        """γ₁ and γ₂ as tensors, for a compiled update (floats would recompile it whenever they cool)."""
+        self._update_step = self._update
+        self._hmc_step: hmc.Transition = hmc.transition
 
     # ----------------------------------------------------------------------------------------- update
 
@@ -340,132 +373,145 @@ class MISAAgent:
         cfg = self.config
         return cfg.unbiased_grad and cfg.variant != "ba" and (not self.online or cfg.unbiased_online)
 
-    def _improved_policy_samples(
-        self,
-        q_at_states: Callable[[torch.Tensor], torch.Tensor],
-        actions: torch.Tensor,
-        mean: torch.Tensor,
-        log_std: torch.Tensor,
-    ) -> hmc.HMCSamples:
+    def _improved_policy_samples(self, observations: torch.Tensor, actions: torch.Tensor) -> hmc.HMCSamples:
         """HMC samples of p(a|s) ∝ π(a|s)·exp(min(Q₁, Q₂)(s, a)), one chain per state from its dataset
-        action; actions outside (-1, 1) have density 0. ``q_at_states`` must not record critic weights.
+        action; actions outside (-1, 1) have density 0. π and Q are this update's, before its steps.
 
         The log density drops log π's per-state constant (−Σ log σ − |A|/2·log 2π): each chain stays at
         one state, so it cancels in the Metropolis ratio and has no gradient.
         """
-        inv_std = torch.exp(-log_std)
+        with torch.no_grad():
+            mean, log_std = self.policy.distribution(observations)
+            inv_std = torch.exp(-log_std)
+        with _frozen(self.critic):
+            q_at_states = critic_at_states(self.critic, observations)
 
-        def log_density(candidates: torch.Tensor) -> torch.Tensor:
-            inside = (candidates.abs() < 1.0).all(-1)
-            safe = torch.where(inside.unsqueeze(-1), candidates, torch.zeros_like(candidates))
-            z = (torch.atanh(safe) - mean) * inv_std
-            log_pi = (-0.5 * z.square() - torch.log1p(-safe.square())).sum(-1)
-            q = q_at_states(safe).min(0).values
-            return torch.where(inside, log_pi + q, torch.full_like(q, -torch.inf))
+            def log_density(candidates: torch.Tensor) -> torch.Tensor:
+                inside = (candidates.abs() < 1.0).all(-1)
+                safe = torch.where(inside.unsqueeze(-1), candidates, torch.zeros_like(candidates))
+                z = (torch.atanh(safe) - mean) * inv_std
+                log_pi = (-0.5 * z.square() - torch.log1p(-safe.square())).sum(-1)
+                q = q_at_states(safe).min(0).values
+                return torch.where(inside, log_pi + q, torch.full_like(q, -torch.inf))
 
-        cfg = self.config
-        return hmc.sample(
-            log_density,
-            actions,
-            num_results=cfg.hmc_num_samples,
-            num_burnin_steps=cfg.hmc_burnin_steps,
-            num_leapfrog_steps=cfg.hmc_leapfrog_steps,
-            step_size=cfg.hmc_step_size,
-            num_adaptation_steps=hmc_adaptation_steps(cfg),
-        )
+            cfg = self.config
+            return hmc.sample(
+                log_density,
+                actions,
+                num_results=cfg.hmc_num_samples,
+                num_burnin_steps=cfg.hmc_burnin_steps,
+                num_leapfrog_steps=cfg.hmc_leapfrog_steps,
+                step_size=cfg.hmc_step_size,
+                num_adaptation_steps=hmc_adaptation_steps(cfg),
+                step=self._hmc_step,
+            )
 
     def update(self, batch: Batch) -> dict[str, torch.Tensor]:
         cfg = self.config
-        observations, next_observations = batch.observations, batch.next_observations
+        self._min_q_weight_now.fill_(self.min_q_weight)
+        self._bc_weight_now.fill_(self.bc_weight)
         actions = batch.actions.clamp(-cfg.dataset_action_clip, cfg.dataset_action_clip)
-        batch_size = observations.shape[0]
-        metrics: dict[str, torch.Tensor] = {}
+        chains = self._improved_policy_samples(batch.observations, actions) if self._hmc_active() else None
+        return self._update_step(batch, actions, chains)
 
-        # π_θ(·|s): one trunk pass feeds every policy term; ã = tanh(u) is reparameterised.
-        mean, log_std = self.policy.distribution(observations)
-        pre_tanh = mean + log_std.exp() * torch.randn_like(mean)
-        new_actions = torch.tanh(pre_tanh)
-        log_pi = tanh_gaussian_log_prob(pre_tanh, mean, log_std)
+    def _update(self, batch: Batch, actions: torch.Tensor, chains: hmc.HMCSamples | None) -> dict[str, torch.Tensor]:
+        """The gradient steps proper, given the HMC chains: what ``compile`` compiles. Every network is
+        read as it was before the update: the targets and the frozen Q(s, ·) first, then each side's step."""
+        cfg = self.config
+        observations, next_observations = batch.observations, batch.next_observations
 
-        # α: L_α = −log α·mean(log π(ã|s) + H_target), H_target = −|A| by default.
-        if cfg.automatic_entropy:
-            loss_alpha = alpha_loss(self.log_alpha, log_pi, self.target_entropy)
-            alpha = self.log_alpha.detach().exp() * cfg.alpha_multiplier
-            metrics["alpha_loss"] = loss_alpha.detach()
-        else:
-            loss_alpha = torch.zeros((), device=self.device)
-            alpha = torch.full((), cfg.alpha_multiplier, device=self.device)
-
-        # Policy: γ₂·mean(α·log π(ã|s) − log π(a|s)) − mean(min Q(s, ã)) + w_u·mean_k log π(a′_k|s).
-        log_prob_data = tanh_gaussian_log_prob(torch.atanh(actions), mean, log_std)
-        bc_loss = (alpha * log_pi - log_prob_data).mean()
-        with _frozen(self.critic):
-            frozen_q = critic_at_states(self.critic, observations)
-            q_new_actions = frozen_q(new_actions).min(0).values
-            policy_loss = self.bc_weight * bc_loss - q_new_actions.mean()
-            if self._hmc_active():
-                chains = self._improved_policy_samples(frozen_q, actions, mean.detach(), log_std.detach())
-                log_pi_improved = tanh_gaussian_log_prob(torch.atanh(chains.samples), mean, log_std)
-                policy_loss = policy_loss + cfg.unbiased_weight * log_pi_improved.mean()
-                metrics["hmc_acceptance"] = chains.accept_rate
-                metrics["hmc_step_size"] = chains.step_size
-
-        # Critics: TD to r + γ(1 − d)·min Q̄(s′, a″), one a″ ~ π(·|s′), no entropy backup ...
+        # Critic targets r + γ(1 − d)·min Q̄(s′, a″), one a″ ~ π(·|s′), no entropy backup; Q(s, ·) held fixed.
         with torch.no_grad():
             next_mean, next_log_std = self.policy.distribution(next_observations)
             next_actions = torch.tanh(next_mean + next_log_std.exp() * torch.randn_like(next_mean))
             next_q = self.target_critic(next_observations, next_actions).min(0).values
             td_target = batch.rewards + cfg.discount * (1.0 - batch.dones) * next_q
-        # ... plus γ₁ × the MI bound's critic term over K samples a_j ~ π(·|s) at the current state.
-        q_at_states = critic_at_states(self.critic, observations)
-        if cfg.variant == "ba":
-            q_data = q_at_states(actions)
-            penalty = q_data.new_zeros(q_data.shape[0])
-        else:
-            with torch.no_grad():
-                noise = torch.randn(batch_size, cfg.n_actions, self.action_dim, device=self.device)
-                sampled = torch.tanh(mean.detach().unsqueeze(1) + log_std.detach().exp().unsqueeze(1) * noise)
-            q_all = q_at_states(torch.cat([sampled, actions.unsqueeze(1)], dim=1))
-            q_data = q_all[..., -1]
-            penalty = mi_penalty(
-                q_all[..., :-1], q_data, cfg.variant, cfg.temperature, cfg.log_k_norm, cfg.add_positive
-            )
-        td_loss = (q_data - td_target).square().mean(-1)
-        if cfg.use_lagrange and cfg.variant != "ba":
-            critic_penalty, loss_alpha_prime = lagrange_losses(
-                self.log_alpha_prime, penalty, self.min_q_weight, cfg.target_action_gap
-            )
-            metrics["alpha_prime"] = self.log_alpha_prime.detach().exp().clamp(0.0, LAGRANGE_MAX)
-            metrics["alpha_prime_loss"] = loss_alpha_prime.detach()
-        else:
-            critic_penalty = self.min_q_weight * penalty
-            loss_alpha_prime = torch.zeros((), device=self.device)
-        critic_loss = (td_loss + critic_penalty).sum()
+            frozen_q = critic_at_states(self.critic, observations)
 
-        # Each loss reaches only its own parameters, so one backward gives every network its gradient.
-        optimizers = (self.policy_optimizer, self.critic_optimizer, self.alpha_optimizer, self.alpha_prime_optimizer)
-        for optimizer in optimizers:
-            optimizer.zero_grad(set_to_none=True)
-        (policy_loss + critic_loss + loss_alpha + loss_alpha_prime).backward()
-        self.policy_optimizer.step()
-        self.critic_optimizer.step()
-        if cfg.automatic_entropy:
-            self.alpha_optimizer.step()
-        if cfg.use_lagrange and cfg.variant != "ba":
-            self.alpha_prime_optimizer.step()
+        # π_θ and α. One trunk pass feeds every policy term; ã = tanh(u) is reparameterised.
+        def actor_loss_of(policy_and_temperature: Callable[..., Any]) -> tuple[torch.Tensor, dict]:
+            mean, log_std, log_alpha = policy_and_temperature(observations)
+            pre_tanh = mean + log_std.exp() * torch.randn_like(mean)
+            new_actions = torch.tanh(pre_tanh)
+            log_pi = tanh_gaussian_log_prob(pre_tanh, mean, log_std)
+            aux = {"mean": mean.detach(), "log_std": log_std.detach(), "log_pi": log_pi.detach().mean()}
+
+            # L_α = −log α·mean(log π(ã|s) + H_target), H_target = −|A| by default.
+            if cfg.automatic_entropy:
+                loss_alpha = alpha_loss(log_alpha, log_pi, self.target_entropy)
+                alpha = log_alpha.detach().exp() * cfg.alpha_multiplier
+                aux["alpha_loss"] = loss_alpha.detach()
+            else:
+                loss_alpha = torch.zeros((), device=self.device)
+                alpha = torch.full((), cfg.alpha_multiplier, device=self.device)
+
+            # L_π = γ₂·mean(α·log π(ã|s) − log π(a|s)) − mean(min Q(s, ã)) + w_u·mean_k log π(a′_k|s).
+            log_prob_data = tanh_gaussian_log_prob(torch.atanh(actions), mean, log_std)
+            bc_loss = (alpha * log_pi - log_prob_data).mean()
+            policy_loss = self._bc_weight_now * bc_loss - frozen_q(new_actions).min(0).values.mean()
+            if chains is not None:
+                log_pi_improved = tanh_gaussian_log_prob(torch.atanh(chains.samples), mean, log_std)
+                policy_loss = policy_loss + cfg.unbiased_weight * log_pi_improved.mean()
+            aux.update(policy_loss=policy_loss.detach(), bc_loss=bc_loss.detach(), alpha=alpha)
+            return policy_loss + loss_alpha, aux
+
+        actor_optimizers = [self.policy_optimizer] + [self.alpha_optimizer] * cfg.automatic_entropy
+        _, metrics = descend(actor_optimizers, self._actor_side, actor_loss_of)
+        mean, log_std = metrics.pop("mean"), metrics.pop("log_std")
+
+        # Q_φ: TD error plus γ₁ × the MI bound's critic term over K samples a_j ~ π(·|s) at the current state.
+        lagrange = cfg.use_lagrange and cfg.variant != "ba"
+
+        def critic_loss_of(critic_and_multiplier: Callable[..., Any]) -> tuple[torch.Tensor, dict]:
+            if cfg.variant == "ba":
+                q_all, log_alpha_prime = critic_and_multiplier(observations, actions.unsqueeze(1))
+                q_data = q_all[..., 0]
+                penalty = q_data.new_zeros(q_data.shape[0])
+            else:
+                with torch.no_grad():
+                    noise = torch.randn(observations.shape[0], cfg.n_actions, self.action_dim, device=self.device)
+                    sampled = torch.tanh(mean.unsqueeze(1) + log_std.exp().unsqueeze(1) * noise)
+                q_all, log_alpha_prime = critic_and_multiplier(
+                    observations, torch.cat([sampled, actions.unsqueeze(1)], dim=1)
+                )
+                q_data = q_all[..., -1]
+                penalty = mi_penalty(
+                    q_all[..., :-1], q_data, cfg.variant, cfg.temperature, cfg.log_k_norm, cfg.add_positive
+                )
+            td_loss = (q_data - td_target).square().mean(-1)
+            aux = {}
+            if lagrange:
+                critic_penalty, loss_alpha_prime = lagrange_losses(
+                    log_alpha_prime, penalty, self._min_q_weight_now, cfg.target_action_gap
+                )
+                aux["alpha_prime"] = log_alpha_prime.detach().exp().clamp(0.0, LAGRANGE_MAX)
+                aux["alpha_prime_loss"] = loss_alpha_prime.detach()
+            else:
+                critic_penalty = self._min_q_weight_now * penalty
+                loss_alpha_prime = torch.zeros((), device=self.device)
+            critic_loss = (td_loss + critic_penalty).sum()
+            aux.update(critic_loss=critic_loss.detach() / 2, td_loss=td_loss.detach().mean(),
+                       mi_penalty=penalty.detach().mean(), q_data=q_data.detach().mean())
+            return critic_loss + loss_alpha_prime, aux
+
+        critic_optimizers = [self.critic_optimizer] + [self.alpha_prime_optimizer] * lagrange
+        _, critic_metrics = descend(critic_optimizers, self._critic_side, critic_loss_of)
         soft_update(self.target_critic, self.critic, cfg.target_update_rate)
 
-        metrics.update(
-            critic_loss=critic_loss.detach() / 2,
-            td_loss=td_loss.detach().mean(),
-            mi_penalty=penalty.detach().mean(),
-            q_data=q_data.detach().mean(),
-            policy_loss=policy_loss.detach(),
-            bc_loss=bc_loss.detach(),
-            log_pi=log_pi.detach().mean(),
-            alpha=alpha,
-        )
+        metrics.update(critic_metrics)
+        if chains is not None:
+            metrics.update(hmc_acceptance=chains.accept_rate, hmc_step_size=chains.step_size)
         return metrics
+
+    def compile(self) -> CompiledSteps:
+        """Run the update as one ``torch.compile``'d graph and each HMC step as another, so the leapfrog loop
+        has no Python in it (see ``offtune.policies.steps``)."""
+        for optimizer in (self.policy_optimizer, self.critic_optimizer, self.alpha_optimizer,
+                          self.alpha_prime_optimizer):
+            init_adam_state(optimizer)
+        self._update_step = CompiledUpdate(self._update)
+        self._hmc_step = CompiledUpdate(hmc.transition)
+        return CompiledSteps(self._update_step, self._hmc_step)
 
     # ------------------------------------------------------------------------------------ acting
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 import torch
@@ -31,31 +31,41 @@ wants back, tensors only (a tensor, or a possibly empty dict or tuple of them)."
 
 
 def descend(
-    optimizer: torch.optim.Optimizer,
+    optimizers: torch.optim.Optimizer | Sequence[torch.optim.Optimizer],
     network: nn.Module,
     loss_of: LossOf,
     lr: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, Aux]:
-    """One optimiser step on ``network``'s parameters down ``loss_of(network)``; returns (detached loss, aux).
+    """One step of each optimizer down ``loss_of(network)``; returns (detached loss, aux).
 
-    Only ``network``'s gradient is computed: other networks the loss reads are constants here. ``lr`` (a
-    0-d tensor) overrides the optimizer's learning rate in the compiled branch, for schedules; eagerly the
+    Only the gradient of the parameters of ``network`` that the optimizers hold is computed: other
+    parameters, and other networks the loss reads, are constants here. Several optimizers share one loss
+    when its terms each reach only their own optimizer's parameters (MISA's policy and α). ``lr`` (a 0-d
+    tensor) overrides the first optimizer's learning rate in the compiled branch, for schedules; eagerly the
     caller sets ``param_groups`` as usual.
     """
-    names, params = zip(*network.named_parameters(), strict=True)
+    optimizers = [optimizers] if isinstance(optimizers, torch.optim.Optimizer) else list(optimizers)
+    owned = [[param for group in optimizer.param_groups for param in group["params"]] for optimizer in optimizers]
+    owned_ids = {id(param) for params in owned for param in params}
+    names, params = zip(*((n, p) for n, p in network.named_parameters() if id(p) in owned_ids), strict=True)
+    if len(params) != len(owned_ids):
+        raise ValueError("every parameter the optimizers hold must be a parameter of the network")
     if torch.compiler.is_compiling():
         def loss_of_params(values: dict[str, torch.Tensor]) -> tuple[torch.Tensor, tuple[torch.Tensor, Aux]]:
             loss, aux = loss_of(lambda *inputs: torch.func.functional_call(network, values, inputs))
             return loss, (loss, aux)
 
         grads, (loss, aux) = torch.func.grad(loss_of_params, has_aux=True)(dict(zip(names, params, strict=True)))
-        adam_step(optimizer, list(params), [grads[name] for name in names], lr)
+        by_id = {id(param): grads[name] for name, param in zip(names, params, strict=True)}
+        for index, (optimizer, optimizer_params) in enumerate(zip(optimizers, owned, strict=True)):
+            adam_step(optimizer, optimizer_params, [by_id[id(p)] for p in optimizer_params], lr if index == 0 else None)
     else:
         loss, aux = loss_of(network)
         grads = torch.autograd.grad(loss, params)
         for param, grad in zip(params, grads, strict=True):
             param.grad = grad
-        optimizer.step()
+        for optimizer in optimizers:
+            optimizer.step()
     return loss.detach(), aux
 
 
@@ -70,13 +80,16 @@ def adam_step(
     for param, grad in zip(params, grads, strict=True):
         state = optimizer.state[param]
         state["step"].add_(1.0)
-        state["exp_avg"].lerp_(grad, 1.0 - beta1)
-        state["exp_avg_sq"].mul_(beta2).addcmul_(grad, grad, value=1.0 - beta2)
+        # Flat views: Dynamo drops in-place updates of 0-d float64 CPU tensors (torch 2.13), which MISA's scalar
+        # parameters (log α, the log σ scale) and their Adam moments are in the float64 equivalence test.
+        exp_avg, exp_avg_sq, flat_grad = state["exp_avg"].view(-1), state["exp_avg_sq"].view(-1), grad.reshape(-1)
+        exp_avg.lerp_(flat_grad, 1.0 - beta1)
+        exp_avg_sq.mul_(beta2).addcmul_(flat_grad, flat_grad, value=1.0 - beta2)
         step = state["step"].to(torch.float64)  # 1 - 0.999^t loses 5 digits in float32
         step_size = (lr / (1.0 - beta1**step)).to(param.dtype)
         bias_correction2_sqrt = (1.0 - beta2**step).sqrt().to(param.dtype)
-        denominator = state["exp_avg_sq"].sqrt() / bias_correction2_sqrt + group["eps"]
-        param.sub_(step_size * state["exp_avg"] / denominator)
+        denominator = exp_avg_sq.sqrt() / bias_correction2_sqrt + group["eps"]
+        param.view(-1).sub_(step_size * exp_avg / denominator)
 
 
 def init_adam_state(optimizer: torch.optim.Optimizer) -> None:
@@ -101,7 +114,8 @@ class CompiledUpdate:
     """An update step under ``torch.compile`` (one graph: ``fullgraph``), timing the calls that compile it.
 
     A call compiles when it is the first with its non-tensor arguments (SPOT's critic-only and actor steps are
-    two graphs); ``compile_seconds`` sums those calls. If compiling fails (no C++ compiler, an unsupported
+    two graphs; functions passed in, such as an HMC target density, are traced into the graph and do not count
+    as new variants); ``compile_seconds`` sums those calls. If compiling fails (no C++ compiler, an unsupported
     device), the step runs eagerly from then on when ``eager_fallback``, with a warning; otherwise the error
     says to turn compiling off. Compiling fails before the graph runs, so the eager rerun does the update once.
     CUDA graphs are left off: they are not tested here.
@@ -115,7 +129,7 @@ class CompiledUpdate:
         self.eager_fallback = True
 
     def __call__(self, *args: Any) -> Any:
-        variant = tuple(arg for arg in args if not isinstance(arg, (torch.Tensor, tuple)))
+        variant = tuple(arg for arg in args if not isinstance(arg, (torch.Tensor, tuple)) and not callable(arg))
         if variant in self.compiled_variants:
             return self.step(*args)
         started = time.perf_counter()
@@ -131,3 +145,23 @@ class CompiledUpdate:
         self.compile_seconds += time.perf_counter() - started
         self.compiled_variants.add(variant)
         return result
+
+
+class CompiledSteps:
+    """An agent's several compiled steps (MISA: its update and one HMC transition) seen as one ``CompiledUpdate``."""
+
+    def __init__(self, *steps: CompiledUpdate) -> None:
+        self.steps = steps
+
+    @property
+    def compile_seconds(self) -> float:
+        return sum(step.compile_seconds for step in self.steps)
+
+    @property
+    def eager_fallback(self) -> bool:
+        return all(step.eager_fallback for step in self.steps)
+
+    @eager_fallback.setter
+    def eager_fallback(self, value: bool) -> None:
+        for step in self.steps:
+            step.eager_fallback = value
