@@ -10,7 +10,9 @@ bound's terms split across the networks, as in the official code (sail-sg/MISA `
   "unbiased gradient" term w_u·E[log π(a′|s)] over samples a′ of p(a|s) ∝ π(a|s)·exp(Q(s, a)) drawn by
   Hamiltonian Monte Carlo started at the dataset actions (``offtune.policies.hmc``).
 
-Each network is updated only by its own loss's gradient, from one forward pass per update.
+Each network is updated only by its own loss's gradient: the policy and α descend the actor-side loss, the
+critics and α′ the critic-side one, each side's loss from one forward pass of its networks, all reading the
+networks as they were before the update (the HMC chains start from a no-grad pass of the policy).
 
 Longer than the other algorithms (about 500 lines) because it stays one file, as each algorithm does: the
 four MI-bound variants, the Lagrange form of the critic penalty and the online schedule all read next to
