@@ -375,6 +375,9 @@ class MISAAgent:
         cfg = self.config
         return cfg.unbiased_grad and cfg.variant != "ba" and (not self.online or cfg.unbiased_online)
 
+    def _lagrange_active(self) -> bool:
+        return self.config.use_lagrange and self.config.variant != "ba"
+
     def _improved_policy_samples(self, observations: torch.Tensor, actions: torch.Tensor) -> hmc.HMCSamples:
         """HMC samples of p(a|s) ∝ π(a|s)·exp(min(Q₁, Q₂)(s, a)), one chain per state from its dataset
         action; actions outside (-1, 1) have density 0. π and Q are this update's, before its steps.
@@ -461,49 +464,58 @@ class MISAAgent:
         _, metrics = descend(actor_optimizers, self._actor_side, actor_loss_of)
         mean, log_std = metrics.pop("mean"), metrics.pop("log_std")
 
-        # Q_φ: TD error plus γ₁ × the MI bound's critic term over K samples a_j ~ π(·|s) at the current state.
-        lagrange = cfg.use_lagrange and cfg.variant != "ba"
-
-        def critic_loss_of(critic_and_multiplier: Callable[..., Any]) -> tuple[torch.Tensor, dict]:
-            if cfg.variant == "ba":
-                q_all, log_alpha_prime = critic_and_multiplier(observations, actions.unsqueeze(1))
-                q_data = q_all[..., 0]
-                penalty = q_data.new_zeros(q_data.shape[0])
-            else:
-                with torch.no_grad():
-                    noise = torch.randn(observations.shape[0], cfg.n_actions, self.action_dim, device=self.device)
-                    sampled = torch.tanh(mean.unsqueeze(1) + log_std.exp().unsqueeze(1) * noise)
-                q_all, log_alpha_prime = critic_and_multiplier(
-                    observations, torch.cat([sampled, actions.unsqueeze(1)], dim=1)
-                )
-                q_data = q_all[..., -1]
-                penalty = mi_penalty(
-                    q_all[..., :-1], q_data, cfg.variant, cfg.temperature, cfg.log_k_norm, cfg.add_positive
-                )
-            td_loss = (q_data - td_target).square().mean(-1)
-            aux = {}
-            if lagrange:
-                critic_penalty, loss_alpha_prime = lagrange_losses(
-                    log_alpha_prime, penalty, self._min_q_weight_now, cfg.target_action_gap
-                )
-                aux["alpha_prime"] = log_alpha_prime.detach().exp().clamp(0.0, LAGRANGE_MAX)
-                aux["alpha_prime_loss"] = loss_alpha_prime.detach()
-            else:
-                critic_penalty = self._min_q_weight_now * penalty
-                loss_alpha_prime = torch.zeros((), device=self.device)
-            critic_loss = (td_loss + critic_penalty).sum()
-            aux.update(critic_loss=critic_loss.detach() / 2, td_loss=td_loss.detach().mean(),
-                       mi_penalty=penalty.detach().mean(), q_data=q_data.detach().mean())
-            return critic_loss + loss_alpha_prime, aux
-
-        critic_optimizers = [self.critic_optimizer] + [self.alpha_prime_optimizer] * lagrange
-        _, critic_metrics = descend(critic_optimizers, self._critic_side, critic_loss_of)
+        critic_optimizers = [self.critic_optimizer] + [self.alpha_prime_optimizer] * self._lagrange_active()
+        _, critic_metrics = descend(critic_optimizers, self._critic_side, lambda critic_and_multiplier: (
+            self._critic_loss(critic_and_multiplier, observations, actions, td_target, mean, log_std)))
         soft_update(self.target_critic, self.critic, cfg.target_update_rate)
 
         metrics.update(critic_metrics)
         if chains is not None:
             metrics.update(hmc_acceptance=chains.accept_rate, hmc_step_size=chains.step_size)
         return metrics
+
+    def _critic_loss(
+        self,
+        critic_and_multiplier: Callable[..., Any],
+        observations: torch.Tensor,
+        actions: torch.Tensor,
+        td_target: torch.Tensor,
+        mean: torch.Tensor,
+        log_std: torch.Tensor,
+    ) -> tuple[torch.Tensor, dict]:
+        """Q_φ: TD error plus γ₁ × the MI bound's critic term over K samples a_j ~ π(·|s) (from the policy's
+        detached μ, log σ) at the current state; with the Lagrange form, α′'s loss too."""
+        cfg = self.config
+        if cfg.variant == "ba":
+            q_all, log_alpha_prime = critic_and_multiplier(observations, actions.unsqueeze(1))
+            q_data = q_all[..., 0]
+            penalty = q_data.new_zeros(q_data.shape[0])
+        else:
+            with torch.no_grad():
+                noise = torch.randn(observations.shape[0], cfg.n_actions, self.action_dim, device=self.device)
+                sampled = torch.tanh(mean.unsqueeze(1) + log_std.exp().unsqueeze(1) * noise)
+            q_all, log_alpha_prime = critic_and_multiplier(
+                observations, torch.cat([sampled, actions.unsqueeze(1)], dim=1)
+            )
+            q_data = q_all[..., -1]
+            penalty = mi_penalty(
+                q_all[..., :-1], q_data, cfg.variant, cfg.temperature, cfg.log_k_norm, cfg.add_positive
+            )
+        td_loss = (q_data - td_target).square().mean(-1)
+        aux = {}
+        if self._lagrange_active():
+            critic_penalty, loss_alpha_prime = lagrange_losses(
+                log_alpha_prime, penalty, self._min_q_weight_now, cfg.target_action_gap
+            )
+            aux["alpha_prime"] = log_alpha_prime.detach().exp().clamp(0.0, LAGRANGE_MAX)
+            aux["alpha_prime_loss"] = loss_alpha_prime.detach()
+        else:
+            critic_penalty = self._min_q_weight_now * penalty
+            loss_alpha_prime = torch.zeros((), device=self.device)
+        critic_loss = (td_loss + critic_penalty).sum()
+        aux.update(critic_loss=critic_loss.detach() / 2, td_loss=td_loss.detach().mean(),
+                   mi_penalty=penalty.detach().mean(), q_data=q_data.detach().mean())
+        return critic_loss + loss_alpha_prime, aux
 
     def compile(self) -> CompiledSteps:
         """Run the update as one ``torch.compile``'d graph and each HMC step as another, so the leapfrog loop
