@@ -37,6 +37,29 @@ def test_shipped_ant_walks_to_a_goal_in_a_real_antmaze_env():
     assert np.linalg.norm(observation["achieved_goal"] - goal) <= 0.45
 
 
+def test_ant_reads_the_phase_from_its_legs():
+    """Legs placed exactly on the gait's cycle at phase 1.2 (angles and velocities): the fit returns 1.2."""
+    controller = GoalReachingAnt()
+    offset, sine, cosine = controller._pattern(copy=1, turn=0.4, speed=0.8)
+    observation = np.zeros(27)
+    observation[5:13] = offset + sine * math.sin(1.2) + cosine * math.cos(1.2)
+    observation[19:27] = (sine * math.cos(1.2) - cosine * math.sin(1.2)) / controller.velocity_scale
+    assert controller._phase_of_legs(observation, offset, sine, cosine) == pytest.approx(1.2, abs=1e-12)
+
+
+def test_ant_action_is_a_function_of_observation_and_target():
+    """No hidden clock: offline learners see only the observation, so the data's actions must depend on it alone."""
+    env = make_gym_env("AntMaze_UMaze-v4", maze_map=ANTMAZE_UMAZE_MAP, continuing_task=True, reset_target=False)
+    observation, _ = env.reset(seed=3)
+    goal = observation["achieved_goal"] + np.array([3.0, 1.0])
+    controller, fresh = GoalReachingAnt(), GoalReachingAnt()
+    for _ in range(25):
+        action = controller(observation, goal)
+        assert np.array_equal(action, fresh(observation, goal))
+        observation, *_ = env.step(action)
+    env.close()
+
+
 def test_reach_report_counts_goals_reached_in_time():
     report = ant_training.reach_report(trials=3, seed=1)
     assert report.trials == 3 and report.reached >= 2 and report.median_steps <= report.limit

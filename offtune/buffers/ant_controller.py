@@ -6,12 +6,20 @@ AntMaze collector uses instead is a central pattern generator (CPG): every leg's
 sinusoids of one shared phase, and a PD law turns those joint targets into the env's torques. About forty
 numbers describe it, few enough for CMA-ES to tune in an hour (:mod:`offtune.buffers.ant_training`).
 
+The controller keeps no state: its action is a function of the observation and the target alone, like the
+SAC policy that wrote the published data. This matters for the datasets: an offline learner sees only the
+observation, and a gait driven by a clock it cannot see (an open-loop CPG) writes actions that no policy of
+the observation can copy well enough to walk. So the phase is read from the legs: the eight joint angles
+and velocities are projected onto the gait's own pattern (a least-squares fit of where on the cycle they
+are), and the joint targets are set ``phase_lead`` radians further on. The legs then drive the cycle:
+it is a limit cycle of ant and controller together, at about the tuned frequency.
+
 Steering uses the ant's symmetry. Rotating the ant by 90 degrees maps leg 1 to leg 2, 2 to 3, 3 to 4 and 4
 to 1 (ankles keep their sign once each is written in its leg's own convention), so a gait that walks toward
 one body direction gives four gaits, 90 degrees apart, by handing the legs' roles on. The controller picks
-the copy that walks closest to the target (never more than 45 degrees off, plus a hysteresis margin so it
-does not flicker between two copies) and removes the rest of the heading error by a turning term on the
-hips whose size follows the error. Near a final target the gait slows down, so the ant stays at its goal.
+the copy that walks closest to the target (never more than 45 degrees off) and removes the rest of the
+heading error by a turning term on the hips whose size follows the error. Near a final target the gait
+slows down, so the ant stays at its goal.
 
 Layouts (gymnasium's ``ant.xml``, the model inside ``AntMaze_*-v4``): the 27-d observation is torso z,
 torso quaternion (w, x, y, z), the joint angles hip 1, ankle 1, ..., hip 4, ankle 4, the torso's linear and
@@ -32,14 +40,12 @@ import numpy as np
 
 from offtune.errors import OfftuneError
 
-CONTROL_DT = 0.05  # AntMaze's step: MuJoCo timestep 0.01 x frame_skip 5
 JOINTS = slice(5, 13)
 JOINT_VELOCITIES = slice(19, 27)
 # Ankle sign of each leg: ankles 2 and 3 bend the other way (ranges -70..-30 degrees, not 30..70).
 ANKLE_SIGN = np.array([1.0, -1.0, -1.0, 1.0])
 # Position of each joint (observation order) in the action vector.
 ACTUATOR_ORDER = np.array([6, 7, 0, 1, 2, 3, 4, 5])
-HYSTERESIS = 0.3  # radians past 45 degrees before the controller changes gait copy
 SHIPPED = "goal_reaching_ant.json"
 
 
@@ -70,6 +76,7 @@ PARAMETERS: tuple[Parameter, ...] = (
     Parameter("kd", 1, 0.0, 0.5, "PD damping: action per rad/s of joint velocity"),
     Parameter("slow_radius", 1, 0.1, 2.0, "distance to a final target below which the gait slows (m)"),
     Parameter("min_speed", 1, 0.0, 1.0, "share of the stride kept at the target itself"),
+    Parameter("phase_lead", 1, 0.0, math.pi, "how far ahead of the phase read from the legs the targets are set"),
 )
 DIMENSION = sum(parameter.size for parameter in PARAMETERS)
 
@@ -144,16 +151,13 @@ def _wrap(angle: float) -> float:
 
 
 class GoalReachingAnt:
-    """The CPG gait steered toward a target; ``act`` is called once per env step.
-
-    It keeps a phase and the gait copy in use, so call ``reset`` when a new episode starts (the AntMaze
-    collector does not when only the target changes: the stride carries on).
-    """
+    """The gait steered toward a target: a function of the observation and the target, with no state."""
 
     def __init__(self, gait: Gait | None = None) -> None:
         gait = gait or Gait.load()
         values = gait.values()
-        self.omega = 2.0 * math.pi * float(values["frequency"][0]) * CONTROL_DT
+        # Joint velocity (rad/s) divided by the cycle's angular frequency: the quadrature component, in radians.
+        self.velocity_scale = 1.0 / (2.0 * math.pi * float(values["frequency"][0]))
         self.hip_amplitude, self.hip_offset = values["hip_amplitude"], values["hip_offset"]
         self.hip_phase = np.concatenate([[0.0], values["hip_phase"]])
         self.ankle_amplitude, self.ankle_offset = values["ankle_amplitude"], values["ankle_offset"]
@@ -163,21 +167,33 @@ class GoalReachingAnt:
         self.heading = float(values["heading"][0])
         self.kp, self.kd = float(values["kp"][0]), float(values["kd"][0])
         self.slow_radius, self.min_speed = float(values["slow_radius"][0]), float(values["min_speed"][0])
+        self.phase_lead = float(values["phase_lead"][0])
         # Leg j plays role (j - copy) mod 4 in gait copy ``copy``.
         self.roles = np.array([[(leg - copy) % 4 for leg in range(4)] for copy in range(4)])
-        self.reset()
 
-    def reset(self) -> None:
-        self.phase = 0.0
-        self.copy = 0
+    def _steer(self, bearing: float) -> tuple[int, float]:
+        """The gait copy closest to ``bearing`` (body frame) and the heading error it leaves."""
+        copy = round((bearing - self.heading) / (math.pi / 2)) % 4
+        return copy, _wrap(bearing - self.heading - copy * math.pi / 2)
 
-    def _steer(self, bearing: float) -> float:
-        """Pick the gait copy closest to ``bearing`` (body frame) and return the heading error left over."""
-        error = _wrap(bearing - self.heading - self.copy * math.pi / 2)
-        if abs(error) > math.pi / 4 + HYSTERESIS:
-            self.copy = round((bearing - self.heading) / (math.pi / 2)) % 4
-            error = _wrap(bearing - self.heading - self.copy * math.pi / 2)
-        return error
+    def _pattern(self, copy: int, turn: float, speed: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Joint targets (observation order) as ``offset + sine * sin(phase) + cosine * cos(phase)``."""
+        hip_sine = self.hip_amplitude * np.cos(self.hip_phase) + turn * self.turn_amplitude * np.cos(self.turn_phase)
+        hip_cosine = self.hip_amplitude * np.sin(self.hip_phase) + turn * self.turn_amplitude * np.sin(self.turn_phase)
+        roles = self.roles[copy]
+        offset, sine, cosine = np.empty(8), np.empty(8), np.empty(8)
+        offset[0::2], sine[0::2], cosine[0::2] = self.hip_offset[roles], hip_sine[roles], hip_cosine[roles]
+        offset[1::2] = ANKLE_SIGN * self.ankle_offset[roles]
+        sine[1::2] = ANKLE_SIGN * (self.ankle_amplitude * np.cos(self.ankle_phase))[roles]
+        cosine[1::2] = ANKLE_SIGN * (self.ankle_amplitude * np.sin(self.ankle_phase))[roles]
+        return offset, speed * sine, speed * cosine
+
+    def _phase_of_legs(self, ant_observation: np.ndarray, offset: np.ndarray, sine: np.ndarray, cosine: np.ndarray):
+        """Where on the cycle the legs are: the least-squares phase of ``angle - offset = sine sin + cosine cos``
+        together with its derivative (velocity, scaled to radians of the cycle)."""
+        angle = ant_observation[JOINTS] - offset
+        velocity = ant_observation[JOINT_VELOCITIES] * self.velocity_scale
+        return math.atan2(sine @ angle - cosine @ velocity, cosine @ angle + sine @ velocity)
 
     def act(self, ant_observation: np.ndarray, position: np.ndarray, target: np.ndarray, final: bool = True):
         """Torques (env action, float32) that walk the ant at ``position`` toward ``target``.
@@ -185,21 +201,15 @@ class GoalReachingAnt:
         ``final`` slows the gait within ``slow_radius`` of the target, so the ant stays at a goal; waypoints
         on the way pass ``final=False`` and are walked through at full stride.
         """
-        offset = target - position
-        distance = math.hypot(offset[0], offset[1])
-        bearing = math.atan2(offset[1], offset[0]) - heading_of(ant_observation[1:5])
-        turn = min(1.0, max(-1.0, self.turn_gain * self._steer(bearing)))
+        offset_to_target = target - position
+        distance = math.hypot(offset_to_target[0], offset_to_target[1])
+        bearing = math.atan2(offset_to_target[1], offset_to_target[0]) - heading_of(ant_observation[1:5])
+        copy, heading_error = self._steer(bearing)
+        turn = min(1.0, max(-1.0, self.turn_gain * heading_error))
         speed = min(1.0, max(self.min_speed, distance / self.slow_radius)) if final else 1.0
-        self.phase += self.omega
-        hip = self.hip_offset + speed * (
-            self.hip_amplitude * np.sin(self.phase + self.hip_phase)
-            + turn * self.turn_amplitude * np.sin(self.phase + self.turn_phase)
-        )
-        ankle = self.ankle_offset + speed * self.ankle_amplitude * np.sin(self.phase + self.ankle_phase)
-        roles = self.roles[self.copy]
-        joint_target = np.empty(8)
-        joint_target[0::2] = hip[roles]
-        joint_target[1::2] = ANKLE_SIGN * ankle[roles]
+        offset, sine, cosine = self._pattern(copy, turn, speed)
+        phase = self._phase_of_legs(ant_observation, offset, sine, cosine) + self.phase_lead
+        joint_target = offset + sine * math.sin(phase) + cosine * math.cos(phase)
         torque = self.kp * (joint_target - ant_observation[JOINTS]) - self.kd * ant_observation[JOINT_VELOCITIES]
         return np.clip(torque[ACTUATOR_ORDER], -1.0, 1.0).astype(np.float32)
 

@@ -75,6 +75,7 @@ START_GAIT = dict(
     kd=0.1,
     slow_radius=0.8,
     min_speed=0.3,
+    phase_lead=1.5,
 )
 
 
@@ -398,7 +399,6 @@ def _reach(env: Any, controller: GoalReachingAnt, goal: np.ndarray, limit: int, 
     maze_env.goal = goal
     maze_env.update_target_site_pos()
     observation = maze_env._get_obs(maze_env.ant_env._get_obs())
-    controller.reset()
     for step in range(limit):
         observation, *_ = env.step(np.clip(controller(observation) + noise(), -1.0, 1.0))
         if np.linalg.norm(observation["achieved_goal"] - goal) <= MINARI_SUCCESS_RADIUS:

@@ -120,8 +120,7 @@ class AntMazeExpert:
         self._target: np.ndarray | None = None
 
     def reset(self) -> None:
-        """A new episode: the ant was put back at a start, so the stride and the route start over."""
-        self.ant.reset()
+        """A new episode: the ant was put back at a start, so the route starts over."""
         self.route.goal_xy = None
         self._target = None
 
