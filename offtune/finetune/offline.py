@@ -239,6 +239,35 @@ def _resumed_pretrain_settings(resume: str | Path, algo: str | None, dataset: st
     return settings, recorded
 
 
+def _new_pretrain_settings(algo: str | None, dataset: str | None, steps: int | None, seed: int, device: str,
+                           matmul_precision: str | None, batch_size: int | None, eval_every: int | None,
+                           eval_episodes: int | None, task_mode: str | None, out: str | Path | None,
+                           overrides: dict[str, Any] | None, config_file: str | Path | None, download: bool,
+                           label: str | None, checkpoint_minutes: float | None, protocol: str,
+                           compile_mode: str | None) -> tuple[PretrainSettings, Any, Any, Path]:
+    """A new run's settings, its dataset, its algorithm config and its folder, each bad option one line."""
+    if algo is None or dataset is None:
+        raise OfftuneError("give an algorithm and a dataset to pretrain, or --resume DIR")
+    if steps is not None and steps < 1:
+        raise OfftuneError("--steps must be positive")
+    check_seed(seed)
+    algorithm(algo)
+    protocol = check_protocol(protocol)
+    torch_device, precision = device_and_precision(device, matmul_precision)
+    run_path = new_run_dir(out, default_run_dir(algo.lower(), dataset, seed))
+    data = datasets.load(dataset, task_mode=task_mode, download=download)
+    steps = steps or default_steps(algo.lower(), data.info, protocol)
+    settings = PretrainSettings(
+        algo=algo.lower(), dataset=dataset, seed=seed, steps=steps, eval_every=eval_every or min(50_000, steps),
+        eval_episodes=eval_episodes or default_eval_episodes(data.info), device=str(torch_device),
+        matmul_precision=precision, label=label,
+        checkpoint_minutes=check_minutes(checkpoint_minutes or CHECKPOINT_MINUTES), protocol=protocol,
+        compile=check_compile_mode(compile_mode or "auto"),
+    )
+    sets = {**(overrides or {}), **({"batch_size": batch_size} if batch_size else {})}
+    return settings, data, build_config(settings.algo, data.info, sets, config_file, protocol), run_path
+
+
 def pretrain(
     algo: str | None = None,
     dataset: str | None = None,
@@ -285,26 +314,9 @@ def pretrain(
         config = config_from_dict(algorithm(settings.algo)[0], recorded.config)
         run_path = Path(resume)
     else:
-        if algo is None or dataset is None:
-            raise OfftuneError("give an algorithm and a dataset to pretrain, or --resume DIR")
-        if steps is not None and steps < 1:
-            raise OfftuneError("--steps must be positive")
-        check_seed(seed)
-        algorithm(algo)
-        protocol = check_protocol(protocol)
-        torch_device, precision = device_and_precision(device, matmul_precision)
-        run_path = new_run_dir(out, default_run_dir(algo.lower(), dataset, seed))
-        data = datasets.load(dataset, task_mode=task_mode, download=download)
-        steps = steps or default_steps(algo.lower(), data.info, protocol)
-        settings = PretrainSettings(
-            algo=algo.lower(), dataset=dataset, seed=seed, steps=steps, eval_every=eval_every or min(50_000, steps),
-            eval_episodes=eval_episodes or default_eval_episodes(data.info), device=str(torch_device),
-            matmul_precision=precision, label=label,
-            checkpoint_minutes=check_minutes(checkpoint_minutes or CHECKPOINT_MINUTES), protocol=protocol,
-            compile=check_compile_mode(compile_mode or "auto"),
-        )
-        sets = {**(overrides or {}), **({"batch_size": batch_size} if batch_size else {})}
-        config = build_config(settings.algo, data.info, sets, config_file, protocol)
+        settings, data, config, run_path = _new_pretrain_settings(
+            algo, dataset, steps, seed, device, matmul_precision, batch_size, eval_every, eval_episodes, task_mode,
+            out, overrides, config_file, download, label, checkpoint_minutes, protocol, compile_mode)
     info, torch_device = data.info, torch.device(settings.device)
     check_batch_memory(config, info, torch_device)
     check_memory(len(data.rewards) * transition_bytes(info), torch_device,

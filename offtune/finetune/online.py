@@ -445,6 +445,36 @@ def _training_data(settings: FinetuneSettings, config: Any, info: DatasetInfo, s
     return prepared, logged
 
 
+def _new_finetune_settings(checkpoint: str | Path | None, steps: int, utd: int, num_envs: int,
+                           online_ratio: float | None, buffer_size: int | None, eval_every: int | None,
+                           eval_episodes: int | None, seed: int | None, device: str, matmul_precision: str | None,
+                           out: str | Path | None, overrides: dict[str, Any] | None, label: str | None,
+                           checkpoint_minutes: float | None, data: str | None, record_dataset: str | None,
+                           video_every: int | None, video_max_steps: int | None,
+                           compile_mode: str | None) -> tuple[FinetuneSettings, dict[str, Any], Any, Path]:
+    """A new run's settings, the checkpoint it starts from, its algorithm config and its folder."""
+    _check_new_run_options(checkpoint, steps, utd, num_envs, buffer_size, seed, data, record_dataset,
+                           video_every, video_max_steps)
+    start_from = load_checkpoint(checkpoint)
+    torch_device, precision = device_and_precision(device, matmul_precision)
+    recorded_settings = start_from.get("run", {})
+    settings = FinetuneSettings(
+        algo=start_from["algo"], dataset=recorded_settings.get("dataset", start_from["dataset"]["name"]),
+        checkpoint=str(start_from["path"]), seed=recorded_settings.get("seed", 0) if seed is None else seed,
+        steps=steps, utd=utd, num_envs=num_envs, online_ratio=online_ratio,
+        buffer_size=buffer_size or max(steps, num_envs), eval_every=eval_every or min(50_000, steps),
+        eval_episodes=eval_episodes or default_eval_episodes(DatasetInfo.from_dict(start_from["dataset"])),
+        device=str(torch_device), matmul_precision=precision, label=label,
+        checkpoint_minutes=check_minutes(checkpoint_minutes or CHECKPOINT_MINUTES),
+        data=data, record_dataset=record_dataset, video_every=video_every, video_max_steps=video_max_steps,
+        compile=check_compile_mode(compile_mode or "auto"),
+    )
+    config = apply_overrides(config_from_dict(algorithm(settings.algo)[0], start_from["config"]), overrides or {})
+    suffix = "-ft" if data is None else "-data"
+    run_path = new_run_dir(out, default_run_dir(settings.algo, settings.dataset, settings.seed, suffix))
+    return settings, start_from, config, run_path
+
+
 def finetune(
     checkpoint: str | Path | None = None,
     *,
@@ -495,25 +525,10 @@ def finetune(
         config = config_from_dict(algorithm(settings.algo)[0], recorded.config)
         run_path = Path(resume)
     else:
-        _check_new_run_options(checkpoint, steps, utd, num_envs, buffer_size, seed, data, record_dataset,
-                               video_every, video_max_steps)
-        start_from = load_checkpoint(checkpoint)
-        torch_device, precision = device_and_precision(device, matmul_precision)
-        recorded_settings = start_from.get("run", {})
-        settings = FinetuneSettings(
-            algo=start_from["algo"], dataset=recorded_settings.get("dataset", start_from["dataset"]["name"]),
-            checkpoint=str(start_from["path"]), seed=recorded_settings.get("seed", 0) if seed is None else seed,
-            steps=steps, utd=utd, num_envs=num_envs, online_ratio=online_ratio,
-            buffer_size=buffer_size or max(steps, num_envs), eval_every=eval_every or min(50_000, steps),
-            eval_episodes=eval_episodes or default_eval_episodes(DatasetInfo.from_dict(start_from["dataset"])),
-            device=str(torch_device), matmul_precision=precision, label=label,
-            checkpoint_minutes=check_minutes(checkpoint_minutes or CHECKPOINT_MINUTES),
-            data=data, record_dataset=record_dataset, video_every=video_every, video_max_steps=video_max_steps,
-            compile=check_compile_mode(compile_mode or "auto"),
-        )
-        config = apply_overrides(config_from_dict(algorithm(settings.algo)[0], start_from["config"]), overrides or {})
-        suffix = "-ft" if data is None else "-data"
-        run_path = new_run_dir(out, default_run_dir(settings.algo, settings.dataset, settings.seed, suffix))
+        settings, start_from, config, run_path = _new_finetune_settings(
+            checkpoint, steps, utd, num_envs, online_ratio, buffer_size, eval_every, eval_episodes, seed, device,
+            matmul_precision, out, overrides, label, checkpoint_minutes, data, record_dataset, video_every,
+            video_max_steps, compile_mode)
     info, torch_device = DatasetInfo.from_dict(start_from["dataset"]), torch.device(settings.device)
     _check_resources(settings, config, info, torch_device, run_path)
     prepared, logged = _training_data(settings, config, info, start_from, download, torch_device,
