@@ -44,12 +44,15 @@ SPOT = "offtune/policies/spot.py"
 MISA = "offtune/policies/misa.py"
 HMC = "offtune/policies/hmc.py"
 TRANSFORMS = "offtune/buffers/transforms.py"
+ANT = "offtune/buffers/ant_controller.py"
 STEPS = "offtune/policies/steps.py"
 IQL_TESTS = ("tests/test_iql.py",)
 MISA_TESTS = ("tests/test_misa.py",)
 HMC_TESTS = ("tests/test_hmc.py",)
 SPOT_TESTS = ("tests/test_spot_by_hand.py", "tests/test_spot.py")
 TRANSFORM_TESTS = ("tests/test_transforms.py",)
+ANT_TESTS = ("tests/test_antmaze.py::test_ant_reads_the_phase_from_its_legs",
+             "tests/test_antmaze.py::test_shipped_ant_walks_to_a_goal_in_a_real_antmaze_env")
 # The compiled update's Adam, against torch's on eps-sized gradients too (the whole-update equivalence test
 # compiles for a minute; this one runs the same math eagerly in a second).
 STEPS_TESTS = ("tests/test_compiled_update.py::test_compiled_adam_step_is_torch_adam",)
@@ -73,6 +76,10 @@ def hmc(name: str, original: str, replacement: str) -> Mutation:
 
 def steps(name: str, original: str, replacement: str) -> Mutation:
     return Mutation(f"compiled adam: {name}", STEPS, original, replacement, STEPS_TESTS)
+
+
+def ant(name: str, original: str, replacement: str) -> Mutation:
+    return Mutation(f"ant: {name}", ANT, original, replacement, ANT_TESTS)
 
 
 def transform(name: str, original: str, replacement: str) -> Mutation:
@@ -251,6 +258,14 @@ MUTATIONS: tuple[Mutation, ...] = (
               "self.shift + other.shift"),
     transform("normaliser without eps", "(observations - self.mean) / (self.std + self.eps)",
               "(observations - self.mean) / self.std"),
+    ant("phase fit: velocity term's sign", "sine @ angle - cosine @ velocity", "sine @ angle + cosine @ velocity"),
+    ant("phase fit without velocities", "cosine @ angle + sine @ velocity", "cosine @ angle"),
+    ant("velocity scale per step, not per second", "1.0 / (2.0 * math.pi * float(values[\"frequency\"][0]))",
+        "1.0 / (2.0 * math.pi * float(values[\"frequency\"][0]) * 0.05)"),
+    ant("ankle sine and cosine swapped", "sine[1::2] = ANKLE_SIGN * (self.ankle_amplitude * np.cos(",
+        "sine[1::2] = ANKLE_SIGN * (self.ankle_amplitude * np.sin("),
+    ant("no phase lead", "phase = self._phase_of_legs(ant_observation, offset, sine, cosine) + self.phase_lead",
+        "phase = self._phase_of_legs(ant_observation, offset, sine, cosine)"),
 )
 
 

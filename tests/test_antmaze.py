@@ -38,13 +38,26 @@ def test_shipped_ant_walks_to_a_goal_in_a_real_antmaze_env():
 
 
 def test_ant_reads_the_phase_from_its_legs():
-    """Legs placed exactly on the gait's cycle at phase 1.2 (angles and velocities): the fit returns 1.2."""
-    controller = GoalReachingAnt()
-    offset, sine, cosine = controller._pattern(copy=1, turn=0.4, speed=0.8)
+    """Legs placed exactly on the gait's cycle at phase 1.2 (angles and their time derivatives, written from the
+    gait's numbers): the fit returns 1.2. Gait copy 1 (leg j plays role j - 1), turning 0.4, speed 0.8."""
+    values = Gait.load().values()
+    hip_phase = np.concatenate([[0.0], values["hip_phase"]])
+    omega = 2.0 * math.pi * values["frequency"][0]  # rad/s
+    phase, turn, speed = 1.2, 0.4, 0.8
     observation = np.zeros(27)
-    observation[5:13] = offset + sine * math.sin(1.2) + cosine * math.cos(1.2)
-    observation[19:27] = (sine * math.cos(1.2) - cosine * math.sin(1.2)) / controller.velocity_scale
-    assert controller._phase_of_legs(observation, offset, sine, cosine) == pytest.approx(1.2, abs=1e-12)
+    for leg in range(4):
+        role = (leg - 1) % 4
+        hip = [(speed * values["hip_amplitude"][role], phase + hip_phase[role]),
+               (speed * turn * values["turn_amplitude"][role], phase + values["turn_phase"][role])]
+        ankle_sign = 1.0 if leg in (0, 3) else -1.0
+        ankle = (ankle_sign * speed * values["ankle_amplitude"][role], phase + values["ankle_phase"][role])
+        observation[5 + 2 * leg] = values["hip_offset"][role] + sum(a * math.sin(x) for a, x in hip)
+        observation[6 + 2 * leg] = ankle_sign * values["ankle_offset"][role] + ankle[0] * math.sin(ankle[1])
+        observation[19 + 2 * leg] = omega * sum(a * math.cos(x) for a, x in hip)
+        observation[20 + 2 * leg] = omega * ankle[0] * math.cos(ankle[1])
+    controller = GoalReachingAnt()
+    offset, sine, cosine = controller._pattern(copy=1, turn=turn, speed=speed)
+    assert controller._phase_of_legs(observation, offset, sine, cosine) == pytest.approx(phase, abs=1e-12)
 
 
 def test_ant_action_is_a_function_of_observation_and_target():
