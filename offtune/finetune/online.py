@@ -45,7 +45,6 @@ from offtune.finetune.runs import (
     LAST,
     MAZE_FAMILIES,
     PreparedData,
-    Recorded,
     RunResult,
     algorithm,
     check_batch_memory,
@@ -368,11 +367,13 @@ class LoggedDataRun(OnlineRun):
         self.buffer.generator.set_state(state["generator"])
 
 
-def _resumed_finetune_settings(resume: str | Path, device: str, matmul_precision: str | None,
-                               checkpoint_minutes: float | None,
-                               compile_mode: str | None) -> tuple[FinetuneSettings, Recorded]:
+def _resumed_finetune_settings(
+    resume: str | Path, device: str, matmul_precision: str | None, checkpoint_minutes: float | None,
+    compile_mode: str | None,
+) -> tuple[FinetuneSettings, dict[str, Any], dict[str, Any] | None, Any]:
     """The settings the interrupted run recorded (device, precision, compiling and checkpoint interval may
-    change)."""
+    change), the checkpoint to go on from (``last.pt``, or the pretrained one when it stopped before its first
+    checkpoint), that ``last.pt`` or None, and the algorithm config it recorded."""
     recorded = recorded_run(resume, "online")
     run = recorded.run
     torch_device, precision = device_and_precision(device, matmul_precision or run.get("matmul_precision"))
@@ -386,7 +387,9 @@ def _resumed_finetune_settings(resume: str | Path, device: str, matmul_precision
         video_max_steps=run.get("video_max_steps"),
         compile=check_compile_mode(compile_mode or run.get("compile", "auto")),
     )
-    return settings, recorded
+    resumed = recorded.checkpoint
+    start_from = resumed if resumed is not None else load_checkpoint(settings.checkpoint)
+    return settings, start_from, resumed, config_from_dict(algorithm(settings.algo)[0], recorded.config)
 
 
 def _check_new_run_options(checkpoint: str | Path | None, steps: int, utd: int, num_envs: int,
@@ -475,6 +478,23 @@ def _new_finetune_settings(checkpoint: str | Path | None, steps: int, utd: int, 
     return settings, start_from, config, run_path
 
 
+def _build_run(settings: FinetuneSettings, config: Any, info: DatasetInfo, prepared: PreparedData, logged: Any,
+               start_from: dict[str, Any], directory: RunDirectory, device: torch.device,
+               progress: Progress) -> OnlineRun:
+    """The seeded buffer (offline data, plus the logged transitions of ``--data``), the agent with its
+    pretrained weights, and the run that trains them: live env or logged data."""
+    seed_everything(settings.seed)
+    buffer = ReplayBuffer(info.obs_dim, info.action_dim, prepared.transitions,
+                          online_capacity=settings.buffer_size, online_ratio=settings.online_ratio,
+                          device=device, seed=settings.seed)
+    if logged is not None:
+        buffer.add(*logged)
+    agent = algorithm(settings.algo)[1](info.obs_dim, info.action_dim, config, device)
+    agent.load_state_dict(start_from["agent"])
+    run_class = OnlineRun if logged is None else LoggedDataRun
+    return run_class(settings, config, info, prepared, agent, buffer, directory, device, progress)
+
+
 def finetune(
     checkpoint: str | Path | None = None,
     *,
@@ -518,11 +538,8 @@ def finetune(
     require_logger(logger)
     resumed = None
     if resume is not None:
-        settings, recorded = _resumed_finetune_settings(resume, device, matmul_precision, checkpoint_minutes,
-                                                        compile_mode)
-        resumed = recorded.checkpoint
-        start_from = resumed if resumed is not None else load_checkpoint(settings.checkpoint)
-        config = config_from_dict(algorithm(settings.algo)[0], recorded.config)
+        settings, start_from, resumed, config = _resumed_finetune_settings(resume, device, matmul_precision,
+                                                                           checkpoint_minutes, compile_mode)
         run_path = Path(resume)
     else:
         settings, start_from, config, run_path = _new_finetune_settings(
@@ -536,17 +553,8 @@ def finetune(
     directory = open_run_directory(run_path, logger, settings, config, info, fresh=resume is None)
     run = None
     try:
-        seed_everything(settings.seed)
-        buffer = ReplayBuffer(info.obs_dim, info.action_dim, prepared.transitions,
-                              online_capacity=settings.buffer_size, online_ratio=settings.online_ratio,
-                              device=torch_device, seed=settings.seed)
-        if logged is not None:
-            buffer.add(*logged)
-        agent = algorithm(settings.algo)[1](info.obs_dim, info.action_dim, config, torch_device)
-        agent.load_state_dict(start_from["agent"])
-        run_class = OnlineRun if logged is None else LoggedDataRun
-        run = run_class(settings, config, info, prepared, agent, buffer, directory, torch_device,
-                        progress or SilentProgress())
+        run = _build_run(settings, config, info, prepared, logged, start_from, directory, torch_device,
+                         progress or SilentProgress())
         if resumed is not None:
             run.restore(resumed)
         else:
