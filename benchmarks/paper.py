@@ -7,7 +7,7 @@ interrupted ones), the table is ``offtune report``'s, and the published numbers 
 reference only: the papers used D4RL's data, ant and simulator, so the numbers do not compare one to one.
 
     python benchmarks/paper.py --budget smoke     # minutes: the whole pipeline, tiny numbers
-    python benchmarks/paper.py --budget cpu       # under an hour of a 2-core CPU: umaze, 2 algorithms, 3 seeds
+    python benchmarks/paper.py --budget cpu       # under an hour of a CPU: umaze, 2 algorithms, 3 seeds
     python benchmarks/paper.py --budget paper     # the papers' 1M + 1M on all six datasets (GPU or Ray cluster)
 
 Any budget value can be changed (``--seeds 0,1``, ``--datasets umaze,medium-play``, ``--pretrain-steps``, ...);
@@ -47,8 +47,8 @@ class Budget:
 BUDGETS = {
     # the pipeline end to end in minutes; the scores mean nothing
     "smoke": Budget(("umaze",), 3_000, (0,), 200, 200, 100, 2, {"spot": {"vae_steps": 100}}),
-    # under an hour of a 2-core CPU (one thread per run; estimated from the README's throughput table as
-    # 4-5 minutes per run on a free core): enough to see the protocol, not the papers' scores
+    # under an hour of a CPU (measured 2026-12-02: 41.5 minutes one run after another on one core, the 200k-step
+    # collection included): enough to see the protocol, not the papers' scores
     "cpu": Budget(("umaze",), 200_000, (0, 1, 2), 10_000, 10_000, 5_000, 20, {"spot": {"vae_steps": 5_000}}),
     # SPOT / IQL papers: 1M offline updates, 1M online steps, 100 evaluation episodes; 1M-step datasets
     "paper": Budget(ALL_DATASETS, 1_000_000, (0, 1, 2, 3, 4), 1_000_000, 1_000_000, 50_000, 100),
