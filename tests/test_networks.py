@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from offtune.policies.networks import Critic
+from offtune.policies.networks import Critic, eval_mode, mlp
 
 
 @pytest.mark.parametrize("activation,layer_norm", [("relu", False), ("elu", True)])
@@ -20,3 +20,18 @@ def test_one_member_equals_its_slice_of_the_batched_critic_and_trains_only_itsel
     critic.member(1, observations, actions).sum().backward()
     for param in critic.parameters():
         assert param.grad[0].abs().max() == 0 and param.grad[1].abs().max() > 0
+
+
+def test_eval_mode_switches_dropout_off_and_restores_it_and_leaves_plain_networks_alone():
+    torch.manual_seed(0)
+    with_dropout = mlp(4, (64,), 2, dropout=0.5)
+    plain = mlp(4, (64,), 2)
+    x = torch.randn(8, 4)
+    with eval_mode(with_dropout, plain):
+        assert not with_dropout.training and plain.training
+        torch.testing.assert_close(with_dropout(x), with_dropout(x))
+    assert with_dropout.training and all(m.training for m in with_dropout.modules())
+    with_dropout.eval()
+    with eval_mode(with_dropout):
+        pass
+    assert not with_dropout.training  # a module already in eval mode stays there

@@ -75,8 +75,12 @@ class ReplayBuffer:
         if self.online_capacity == 0:
             raise ValueError("this buffer has no online capacity")
         count = rows.shape[0]
-        positions = (self.online_cursor + torch.arange(count)) % self.online_capacity + self.offline_size
-        self.storage[positions.to(self.device)] = rows
+        start = self.offline_size + self.online_cursor
+        if self.online_cursor + count <= self.online_capacity:  # a slice copy, cheaper than scattered rows
+            self.storage[start : start + count] = rows
+        else:
+            positions = (self.online_cursor + torch.arange(count)) % self.online_capacity + self.offline_size
+            self.storage[positions.to(self.device)] = rows
         self.online_cursor = (self.online_cursor + count) % self.online_capacity
         self.online_size = min(self.online_size + count, self.online_capacity)
 
