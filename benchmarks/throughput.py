@@ -267,6 +267,9 @@ class LoopRounds:
     def evaluation(self, phase: str, step: int, summary: dict[str, Any]) -> None:
         pass
 
+    def warning(self, message: str) -> None:
+        pass
+
 
 def loop_rounds(
     root: Path, info: datasets.DatasetInfo, device: torch.device, seconds: float, rounds: int, rows: int,

@@ -49,6 +49,9 @@ class CtrlCAt:
     def evaluation(self, phase: str, step: int, summary: dict) -> None:
         pass
 
+    def warning(self, message: str) -> None:
+        pass
+
 
 @pytest.fixture
 def ctrl_c_at() -> type[CtrlCAt]:

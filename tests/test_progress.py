@@ -69,3 +69,11 @@ def test_a_bad_interval_is_one_line_exit_2(tmp_path, monkeypatch):
     message = "OFFTUNE_PROGRESS_INTERVAL must be a number of seconds (0 or more), got 'soon'"
     assert message in " ".join(result.output.split())
     assert "Traceback" not in result.output
+
+
+def test_a_warning_is_one_line_printed_as_given():
+    out = io.StringIO()
+    with RichProgress(Console(file=out, width=80)) as progress:
+        progress.stage("IQL offline", 10)
+        progress.warning("step 52: mean q is 1e+06, far outside [-100, 0] (try --set lam=[0.5])")
+    assert "warning: step 52: mean q is 1e+06, far outside [-100, 0] (try --set lam=[0.5])\n" in out.getvalue()

@@ -10,6 +10,7 @@ from offtune.buffers import collect
 from offtune.errors import OfftuneError
 from offtune.finetune import report as reports
 from offtune.finetune import trainer
+from offtune.finetune.runs import value_range, value_warning
 from offtune.policies.checkpoint import load_agent, load_checkpoint
 
 TINY = {
@@ -210,3 +211,53 @@ def test_online_schedules_count_updates_as_the_official_spot(utd, lam_share, poi
                               out=tmp_path / f"ft-{utd}")
     halfway = torch.load(online.run_dir / "checkpoints" / "step_5.pt", weights_only=True)
     assert halfway["agent"]["lam"] == pytest.approx(lam_share * halfway["config"]["lam"])
+
+
+def test_the_range_of_q_values_the_rewards_allow_by_hand():
+    assert value_range((-1.0, 0.0), 0.99) == pytest.approx((-100.0, 0.0))  # AntMaze's r - 1
+    assert value_range((0.0, 1.0), 0.9) == pytest.approx((0.0, 10.0))
+    assert value_range((0.5, 2.0), 0.5) == pytest.approx((0.5, 4.0))  # an episode may end after one step: Q = r
+    # [-100, 0] widened by half its width plus 1: warn beyond -151 and 51, never inside
+    assert value_warning({"q": 50.0}, (-1.0, 0.0), 0.99) is None
+    assert value_warning({"q": -150.0, "critic_loss": 1e9}, (-1.0, 0.0), 0.99) is None
+    assert "diverging" in value_warning({"q": 52.0}, (-1.0, 0.0), 0.99)
+    assert "mean q_data is -152" in value_warning({"q_data": -152.0}, (-1.0, 0.0), 0.99)
+
+
+class WarningRecorder:
+    def __init__(self) -> None:
+        self.warnings: list[str] = []
+
+    def stage(self, name: str, total: int, completed: int = 0) -> None:
+        pass
+
+    def advance(self, count: int, metrics: dict[str, float]) -> None:
+        pass
+
+    def evaluation(self, phase: str, step: int, summary: dict) -> None:
+        pass
+
+    def warning(self, message: str) -> None:
+        self.warnings.append(message)
+
+
+def test_a_critic_whose_mean_q_leaves_the_reward_range_is_reported_once_per_run(pointmaze_dataset, tmp_path,
+                                                                                 monkeypatch):
+    quiet = WarningRecorder()
+    pretrain_tiny("iql", pointmaze_dataset, tmp_path / "healthy", steps=100, progress=quiet)
+    assert quiet.warnings == []
+
+    from offtune.policies.iql import IQLAgent
+
+    update = IQLAgent.update
+
+    def overestimating(self, batch):
+        metrics = update(self, batch)
+        return {**metrics, "q": metrics["q"] + (1e6 if self.updates > 50 else 0.0)}
+
+    monkeypatch.setattr(IQLAgent, "update", overestimating)
+    loud = WarningRecorder()
+    result = pretrain_tiny("iql", pointmaze_dataset, tmp_path / "diverging", steps=100, progress=loud)
+    assert len(loud.warnings) == 1 and "the critic is diverging" in loud.warnings[0]
+    assert loud.warnings[0].startswith("step 5")  # the first log point after update 50 (logs every 2 updates)
+    assert result.checkpoint.exists()  # a warning, not a stop: the run finishes

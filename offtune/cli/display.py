@@ -6,6 +6,7 @@ import os
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Column, Table
 
@@ -115,6 +116,9 @@ class RichProgress:
         if not self.live:
             self._print(f"{phase} evaluation at step {step:,}: score {summary['score']:.1f} ± {summary['std']:.1f} "
                         f"over {summary['episodes']} episodes")
+
+    def warning(self, message: str) -> None:
+        self.console.print(f"[bold yellow]warning:[/] {escape(message)}", highlight=False, soft_wrap=True)
 
     def _line(self) -> None:
         """The current stage as one plain line: name, steps, rate, elapsed time, last score and losses."""

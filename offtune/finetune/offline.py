@@ -28,6 +28,7 @@ from offtune.finetune.runs import (
     PreparedData,
     Recorded,
     RunResult,
+    ValueWatch,
     algorithm,
     build_config,
     check_batch_memory,
@@ -119,6 +120,7 @@ class OfflineRun:
         self.next_checkpoint = time.monotonic() + settings.checkpoint_minutes * 60
         self.compiled: Any = None
         """The agent's compiled update until its compile time is logged (once, at the first log)."""
+        self.value_watch = ValueWatch(prepared, config, progress)
 
     def restore(self, checkpoint: dict[str, Any]) -> None:
         """Continue where ``checkpoint`` (this run's ``last.pt``) stopped, forgetting what was logged after it."""
@@ -171,6 +173,7 @@ class OfflineRun:
         metrics = self.averager.flush()
         if (key := first_non_finite(metrics)) is not None:
             raise diverged(self.step, f"{key} is {metrics[key]}", self.last_checkpoint)
+        self.value_watch.check(self.step, metrics)
         metrics["updates_per_s"] = (self.step - self.first_step) / max(time.perf_counter() - self.started, 1e-9)
         if self.compiled is not None:
             metrics["compile_s"] = self.compiled.compile_seconds

@@ -46,6 +46,7 @@ from offtune.finetune.runs import (
     MAZE_FAMILIES,
     PreparedData,
     RunResult,
+    ValueWatch,
     algorithm,
     check_batch_memory,
     check_minutes,
@@ -163,6 +164,7 @@ class OnlineRun:
             directory.path / "videos", settings.video_every, max_steps=settings.video_max_steps)
         self.compiled: Any = None
         """The agent's compiled update until its compile time is logged (once, at the first log)."""
+        self.value_watch = ValueWatch(prepared, config, progress)
         self.last_video: int | None = None
         """The step of the latest video (``last.pt`` keeps it, so a resumed run records the same videos)."""
 
@@ -263,6 +265,7 @@ class OnlineRun:
         metrics = self.averager.flush()
         if (key := first_non_finite(metrics)) is not None:
             raise diverged(self.step, f"{key} is {metrics[key]}", self.last_checkpoint)
+        self.value_watch.check(self.step, metrics)
         metrics[self.rate_metric] = (self.step - self.first_step) / max(time.perf_counter() - self.started, 1e-9)
         if (regret := self.regret()) is not None:
             metrics["regret"] = regret

@@ -4,6 +4,7 @@ directories and the checkpoint payload (the contract of DESIGN.md, "Checkpoint")
 from __future__ import annotations
 
 import datetime as _dt
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -199,6 +200,58 @@ def diverged(step: int, what: str, last_checkpoint: tuple[Path, int] | None) -> 
             if last_checkpoint else "no checkpoint was written before it")
     return OfftuneError(f"training diverged by step {step}: {what}; {kept}. Start a new run with lower learning "
                         "rates (--set critic_lr=..., actor_lr=...) or check the dataset")
+
+
+Q_METRICS = ("q", "q_data")
+"""The logged mean Q of each algorithm (IQL and SPOT: ``q``; MISA: ``q_data``)."""
+
+
+def value_range(rewards: tuple[float, float], discount: float) -> tuple[float, float]:
+    """Where every Q value lies when each reward lies in ``rewards``: an episode may end after one step
+    (Q = r) or never (Q = r / (1 - γ))."""
+    horizon = 1.0 / (1.0 - discount) if discount < 1.0 else math.inf
+    low, high = rewards
+    return min(low, low * horizon), max(high, high * horizon)
+
+
+def value_warning(metrics: dict[str, float], rewards: tuple[float, float], discount: float) -> str | None:
+    """A warning when the logged mean Q is far outside what the rewards allow, else None.
+
+    "Far" is more than half the allowed range (plus 1) beyond it: a critic that gets there is overestimating
+    out-of-data actions (the deadly triad), which later shows up as a collapsed score and Q in the millions.
+    The official SPOT stops its offline run at mean Q > 1e4; offtune warns once and carries on.
+    """
+    low, high = value_range(rewards, discount)
+    slack = 0.5 * (high - low) + 1.0
+    for key in Q_METRICS:
+        value = metrics.get(key)
+        if value is not None and not low - slack <= value <= high + slack:
+            return (f"mean {key} is {value:.4g}, far outside [{low:.4g}, {high:.4g}], where rewards in "
+                    f"[{rewards[0]:.4g}, {rewards[1]:.4g}] at discount {discount} keep every Q value: the critic is "
+                    "diverging (overestimating actions the data does not cover) and scores from here on mean little. "
+                    "Try a stronger constraint (SPOT: a larger --set lam=...), a lower --set critic_lr=..., or an "
+                    "earlier checkpoint")
+    return None
+
+
+class ValueWatch:
+    """Tells the display, once per run, when the logged mean Q leaves the range the dataset's rewards allow."""
+
+    def __init__(self, prepared: PreparedData, config: Any, progress: Any) -> None:
+        rewards = prepared.transitions.rewards
+        self.rewards = (float(rewards.min()), float(rewards.max())) if len(rewards) else None
+        # SPOT may switch to a larger discount online; the larger one gives the wider range.
+        self.discount = max(config.discount, getattr(config, "online_discount", None) or 0.0)
+        self.progress = progress
+        self.warned = False
+
+    def check(self, step: int, metrics: dict[str, float]) -> None:
+        if self.warned or self.rewards is None:
+            return
+        message = value_warning(metrics, self.rewards, self.discount)
+        if message is not None:
+            self.warned = True
+            self.progress.warning(f"step {step:,}: {message}")
 
 
 def require_finite_weights(agent: Agent, step: int, last_checkpoint: tuple[Path, int] | None) -> None:

@@ -99,6 +99,8 @@ class Progress(Protocol):
 
     def evaluation(self, phase: str, step: int, summary: dict[str, Any]) -> None: ...
 
+    def warning(self, message: str) -> None: ...
+
 
 class SilentProgress:
     def stage(self, name: str, total: int, completed: int = 0) -> None:
@@ -108,6 +110,9 @@ class SilentProgress:
         pass
 
     def evaluation(self, phase: str, step: int, summary: dict[str, Any]) -> None:
+        pass
+
+    def warning(self, message: str) -> None:
         pass
 
 
