@@ -1,6 +1,7 @@
 """The trainer end to end on the small PointMaze dataset: run directory, checkpoints, resume, fine-tuning."""
 
 import json
+import math
 import shutil
 
 import pytest
@@ -217,6 +218,8 @@ def test_the_range_of_q_values_the_rewards_allow_by_hand():
     assert value_range((-1.0, 0.0), 0.99) == pytest.approx((-100.0, 0.0))  # AntMaze's r - 1
     assert value_range((0.0, 1.0), 0.9) == pytest.approx((0.0, 10.0))
     assert value_range((0.5, 2.0), 0.5) == pytest.approx((0.5, 4.0))  # an episode may end after one step: Q = r
+    assert value_range((-1.0, 0.0), 1.0) == (-math.inf, 0.0)  # undiscounted: no lower bound, never a warning
+    assert value_warning({"q": -1e9}, (-1.0, 0.0), 1.0) is None
     # [-100, 0] widened by half its width plus 1: warn beyond -151 and 51, never inside
     assert value_warning({"q": 50.0}, (-1.0, 0.0), 0.99) is None
     assert value_warning({"q": -150.0, "critic_loss": 1e9}, (-1.0, 0.0), 0.99) is None

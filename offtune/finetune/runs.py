@@ -211,7 +211,8 @@ def value_range(rewards: tuple[float, float], discount: float) -> tuple[float, f
     (Q = r) or never (Q = r / (1 - γ))."""
     horizon = 1.0 / (1.0 - discount) if discount < 1.0 else math.inf
     low, high = rewards
-    return min(low, low * horizon), max(high, high * horizon)
+    forever = [r * horizon if r else 0.0 for r in rewards]  # 0 · ∞ is 0 here: zero rewards sum to zero
+    return min(low, forever[0]), max(high, forever[1])
 
 
 def value_warning(metrics: dict[str, float], rewards: tuple[float, float], discount: float) -> str | None:
