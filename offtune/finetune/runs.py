@@ -20,6 +20,7 @@ from offtune.errors import OfftuneError, suggest
 from offtune.finetune.evaluate import from_env_actions
 from offtune.finetune.runtime import (
     Interrupted,
+    Progress,
     check_memory,
     first_non_finite_tensor,
     limit_cpu_threads,
@@ -211,8 +212,8 @@ def value_range(rewards: tuple[float, float], discount: float) -> tuple[float, f
     (Q = r) or never (Q = r / (1 - γ))."""
     horizon = 1.0 / (1.0 - discount) if discount < 1.0 else math.inf
     low, high = rewards
-    forever = [r * horizon if r else 0.0 for r in rewards]  # 0 · ∞ is 0 here: zero rewards sum to zero
-    return min(low, forever[0]), max(high, forever[1])
+    # r · horizon, with 0 · ∞ = 0: zero rewards sum to zero however long the episode
+    return min(low, low * horizon if low else 0.0), max(high, high * horizon if high else 0.0)
 
 
 def value_warning(metrics: dict[str, float], rewards: tuple[float, float], discount: float) -> str | None:
@@ -238,7 +239,7 @@ def value_warning(metrics: dict[str, float], rewards: tuple[float, float], disco
 class ValueWatch:
     """Tells the display, once per run, when the logged mean Q leaves the range the dataset's rewards allow."""
 
-    def __init__(self, prepared: PreparedData, config: Any, progress: Any) -> None:
+    def __init__(self, prepared: PreparedData, config: Any, progress: Progress) -> None:
         rewards = prepared.transitions.rewards
         self.rewards = (float(rewards.min()), float(rewards.max())) if len(rewards) else None
         # SPOT may switch to a larger discount online; the larger one gives the wider range.
