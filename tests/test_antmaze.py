@@ -20,6 +20,8 @@ from offtune.buffers.mazes import ANTMAZE_EVAL_MAPS, ANTMAZE_UMAZE_MAP, D4RL_SUC
 from offtune.cli.main import _register, cli
 from offtune.errors import OfftuneError
 
+ANTMAZE_GOAL_XY = np.array([-4.0, 4.0])  # the goal cell of umaze's collection map (D4RL's goal)
+
 _register()
 
 
@@ -178,10 +180,45 @@ def test_forced_resets_cut_episodes_like_the_published_checkpoints(monkeypatch, 
         ("antmaze-large-play-v2", None, "large-play"),
         ("offtune/antmaze/medium-diverse-v0", None, "medium-diverse"),
         ("D4RL/antmaze/umaze-diverse-v1", None, "umaze-diverse"),
+        ("antmaze-medium-play-d4rl", None, "medium-play-d4rl"),
+        ("offtune/antmaze/large-diverse-d4rl-v0", None, "large-diverse-d4rl"),
     ],
 )
 def test_collect_names(name, kind, recipe):
     assert antmaze_collect.recipe_for(name, kind).dataset == recipe
+
+
+def test_d4rl_generator_recipes_mark_d4rls_goal_cells():
+    for maze, cells in antmaze_collect.D4RL_GOAL_CELLS.items():
+        recipe = antmaze_collect.recipe_for(f"antmaze-{maze}", generator="d4rl")
+        assert recipe.dataset == f"{maze}-play-d4rl" and not recipe.stop_at_goal
+        marked = {(row, column) for row, line in enumerate(recipe.maze_map) for column, cell in enumerate(line)
+                  if cell == "g"}
+        assert marked == set(cells)  # every D4RL goal cell is a free cell of gymnasium's maze, and no r is left
+        evaluation = ANTMAZE_EVAL_MAPS[maze]
+        assert all(evaluation[row][column] in (0, "g") for row, column in cells)
+        assert not any(cell == "r" for line in recipe.maze_map for cell in line)
+    umaze = antmaze_collect.recipe_for("antmaze-umaze", generator="d4rl")
+    assert umaze.maze_map == ANTMAZE_UMAZE_MAP and umaze.minari_id == "offtune/antmaze/umaze-d4rl-v0"
+    assert antmaze_collect.recipe_for("antmaze-umaze", "diverse", "d4rl").maze_map is None
+
+
+def test_d4rl_generator_ant_circles_its_goal_where_minaris_stops(collected_umaze):
+    recipe = antmaze_collect.recipe_for("antmaze-umaze", generator="d4rl")
+    circling = antmaze_collect.collect_antmaze(recipe, 700, seed=0)
+    assert "circling its goal" in circling.storage.metadata["description"]
+
+    def speeds_near_goal(dataset):
+        xy = next(dataset.iterate_episodes()).observations["achieved_goal"]
+        speed = np.linalg.norm(np.diff(xy, axis=0), axis=-1)
+        near = np.linalg.norm(xy[1:] - ANTMAZE_GOAL_XY, axis=-1) < 2.0
+        assert near.sum() > 100, "the ant should spend the end of the episode near its goal"
+        return speed[near]
+
+    # Minari's ant shuffles at its goal (about 0.017 m a step here); D4RL's, and this one, keeps walking around it
+    # at full stride (about 0.064).
+    standing = np.median(speeds_near_goal(minari.load_dataset(collected_umaze)))
+    assert standing < 0.03 and np.median(speeds_near_goal(circling)) > 2.5 * standing
 
 
 @pytest.mark.parametrize(
@@ -189,6 +226,8 @@ def test_collect_names(name, kind, recipe):
     [
         (("antmaze-umaze", "--kind", "play"), "no play dataset"),
         (("antmaze-medium-play", "--kind", "diverse"), "contradicts"),
+        (("antmaze-medium-play-d4rl", "--generator", "minari"), "contradicts"),
+        (("pointmaze-umaze", "--generator", "d4rl"), "for AntMaze"),
         (("antmaze-huge",), "not 'antmaze-huge'"),
         (("pointmaze-umaze", "--kind", "diverse"), "for AntMaze"),
         (("antmaze-umaze", "--random"), "do not apply"),

@@ -13,6 +13,18 @@ and start bottom left; diverse: the ``*_Diverse_GR`` maps; play: every free cell
 the infos (success, qpos, qvel, goal) and the evaluation env (the collection spec with a one-r/one-g map).
 The published ``ref_min_score``/``ref_max_score`` (returns of random and noiseless runs on the evaluation
 env) are not computed: offtune scores AntMaze by success rate.
+
+``generator="d4rl"`` collects instead as D4RL's own ``generate_ant_maze_datasets.py`` did for the original
+antmaze-*-v2 data the IQL and SPOT papers trained on (same env, observation, noise and evaluation env). Two
+things differ from the Minari port, and both change what an offline learner sees:
+
+- goals: D4RL's play data draw each episode's goal from a few hand-picked cells (the ``G`` cells of its
+  ``maze_env.py`` maps) and its start from every other free cell; Minari's play data draw both from every free
+  cell, so the ant also stands at the evaluation start. umaze keeps D4RL's one start and one goal; diverse
+  draws both from every free cell (the D4RL wiki: random goals from random starts);
+- the ant at its goal: D4RL's SAC ant was always shown a goal 10 m away in the goal's direction, so it never
+  slowed down and kept circling its goal; Minari's ant stops there, and the ant standing at its goal is then
+  about half of a medium dataset.
 """
 
 from __future__ import annotations
@@ -56,10 +68,19 @@ class AntMazeRecipe:
     env_id: str
     maze_map: list[list[int | str]] | None
     maze: str
+    stop_at_goal: bool = True
+    """Minari's ant stops at its goal; D4RL's circled it (``generator="d4rl"``)."""
 
     @property
     def minari_id(self) -> str:
         return f"offtune/antmaze/{self.dataset}-v0"
+
+    @property
+    def made_like(self) -> str:
+        """The published dataset this recipe copies: Minari's port, or D4RL's original for the d4rl generator."""
+        if self.stop_at_goal:
+            return f"D4RL/antmaze/{self.dataset}-v1"
+        return f"D4RL's antmaze-{self.dataset.removesuffix('-d4rl')}-v2"
 
 
 RECIPES = {
@@ -74,15 +95,50 @@ RECIPES = {
     )
 }
 KINDS = ("play", "diverse")
+GENERATORS = ("minari", "d4rl")
+# The hand-picked goal cells (row, column) of D4RL's dataset maps (maze_env.py: BIG_MAZE, HARDEST_MAZE); the
+# maze layouts are gymnasium-robotics' own, and the cells keep the evaluation maps' orientation.
+D4RL_GOAL_CELLS = {
+    "medium": ((2, 6), (5, 1), (6, 5)),
+    "large": ((1, 6), (3, 5), (3, 10), (5, 2), (7, 4), (7, 6), (7, 9)),
+}
 
 
-def recipe_for(name: str, kind: str | None = None) -> AntMazeRecipe:
-    """The recipe a collect name asks for: ``antmaze-umaze|medium|large`` plus ``kind`` (play or diverse),
-    or a full name (``antmaze-medium-play``, ``antmaze-umaze-diverse-v2``, ``D4RL/antmaze/large-play-v1``,
-    ``offtune/antmaze/umaze-v0``)."""
+def _d4rl_goal_map(maze: str) -> list[list[int | str]]:
+    """The maze with D4RL's goal cells marked ``g`` and no ``r``: goals from those cells, starts from the rest."""
+    maze_map = [[0 if cell in ("r", "g") else cell for cell in row] for row in ANTMAZE_EVAL_MAPS[maze]]
+    for row, column in D4RL_GOAL_CELLS[maze]:
+        maze_map[row][column] = "g"
+    return maze_map
+
+
+D4RL_RECIPES = {
+    recipe.dataset: recipe
+    for recipe in (
+        AntMazeRecipe("umaze-d4rl", "AntMaze_UMaze-v4", ANTMAZE_UMAZE_MAP, "umaze", stop_at_goal=False),
+        AntMazeRecipe("umaze-diverse-d4rl", "AntMaze_UMaze-v4", None, "umaze", stop_at_goal=False),
+        AntMazeRecipe("medium-play-d4rl", "AntMaze_Medium-v4", _d4rl_goal_map("medium"), "medium", stop_at_goal=False),
+        AntMazeRecipe("medium-diverse-d4rl", "AntMaze_Medium-v4", None, "medium", stop_at_goal=False),
+        AntMazeRecipe("large-play-d4rl", "AntMaze_Large-v4", _d4rl_goal_map("large"), "large", stop_at_goal=False),
+        AntMazeRecipe("large-diverse-d4rl", "AntMaze_Large-v4", None, "large", stop_at_goal=False),
+    )
+}
+
+
+def recipe_for(name: str, kind: str | None = None, generator: str | None = None) -> AntMazeRecipe:
+    """The recipe a collect name asks for: ``antmaze-umaze|medium|large`` plus ``kind`` (play or diverse) and
+    ``generator`` (minari or d4rl), or a full name (``antmaze-medium-play``, ``antmaze-umaze-diverse-v2``,
+    ``D4RL/antmaze/large-play-v1``, ``offtune/antmaze/umaze-v0``, ``antmaze-medium-play-d4rl``)."""
     stem = re.sub(r"-v\d+$", "", name.lower())
     for prefix in ("offtune/antmaze/", "d4rl/antmaze/", "offtune-", "antmaze-"):
         stem = stem.removeprefix(prefix)
+    named_generator = "d4rl" if stem.endswith("-d4rl") else None
+    stem = stem.removesuffix("-d4rl")
+    if generator not in (None, *GENERATORS):
+        raise OfftuneError(f"--generator is minari or d4rl, not {generator!r}")
+    if named_generator and generator == "minari":
+        raise OfftuneError(f"{name} is the D4RL generator's dataset; --generator minari contradicts it")
+    generator = named_generator or generator or "minari"
     maze, _, named_kind = stem.partition("-")
     if maze not in ("umaze", "medium", "large") or named_kind not in ("", *KINDS):
         raise OfftuneError(
@@ -95,7 +151,8 @@ def recipe_for(name: str, kind: str | None = None) -> AntMazeRecipe:
         raise OfftuneError("antmaze-umaze has no play dataset: omit --kind (umaze) or pass --kind diverse")
     if maze != "umaze" and kind is None:
         kind = "play"
-    return RECIPES[maze if kind is None else f"{maze}-{kind}"]
+    dataset = maze if kind is None else f"{maze}-{kind}"
+    return RECIPES[dataset] if generator == "minari" else D4RL_RECIPES[f"{dataset}-d4rl"]
 
 
 def is_antmaze_name(name: str) -> bool:
@@ -111,10 +168,17 @@ class AntMazeExpert:
     which ``offtune dataset info`` reports.
     """
 
-    def __init__(self, maze: Any, rng: np.random.Generator, noise: float = NOISE, gait: Gait | None = None) -> None:
+    def __init__(
+        self,
+        maze: Any,
+        rng: np.random.Generator,
+        noise: float = NOISE,
+        gait: Gait | None = None,
+        stop_at_goal: bool = True,
+    ) -> None:
         self.route = WaypointController(maze, rng, noise=0.0, threshold=WAYPOINT_RADIUS, jitter=WAYPOINT_JITTER)
         self.ant = GoalReachingAnt(gait)
-        self.rng, self.noise = rng, noise
+        self.rng, self.noise, self.stop_at_goal = rng, noise, stop_at_goal
         self.waypoints_set = 0
         self.waypoints_reached = 0
         self._target: np.ndarray | None = None
@@ -125,7 +189,8 @@ class AntMazeExpert:
         self._target = None
 
     def action(self, observation: dict[str, np.ndarray]) -> np.ndarray:
-        """The noiseless action: walk to the current waypoint (slowing down only at the goal itself)."""
+        """The noiseless action: walk to the current waypoint (slowing down only at the goal itself, and only
+        when ``stop_at_goal``; otherwise the ant walks through its goal and circles it)."""
         goal_before = self.route.goal_xy
         target = self.route.waypoint(observation)
         if target is not self._target:  # waypoint() hands out a new array whenever it moves on
@@ -133,7 +198,7 @@ class AntMazeExpert:
                 self.waypoints_reached += 1  # same goal, new waypoint: the route moved on from a reached one
             self._target = target
             self.waypoints_set += self.route.target_cell != self.route.goal_cell
-        final = self.route.target_cell == self.route.goal_cell
+        final = self.stop_at_goal and self.route.target_cell == self.route.goal_cell
         return self.ant(observation, target, final)
 
     def __call__(self, observation: dict[str, np.ndarray]) -> np.ndarray:
@@ -168,7 +233,7 @@ def collect_antmaze(
     env = make_gym_env(recipe.env_id, continuing_task=True, reset_target=False, **maze_kwargs)
     eval_spec = copy.deepcopy(env.spec)
     eval_spec.kwargs = {**eval_spec.kwargs, "maze_map": ANTMAZE_EVAL_MAPS[recipe.maze]}
-    expert = AntMazeExpert(env.unwrapped.maze, np.random.default_rng(seed), noise, gait)
+    expert = AntMazeExpert(env.unwrapped.maze, np.random.default_rng(seed), noise, gait, recipe.stop_at_goal)
     resets = 0
     observation, info = env.reset(seed=seed)
     recorder = EpisodeRecorder(observation, antmaze_info(observation, bool(info.get("success", False))))
@@ -189,6 +254,7 @@ def collect_antmaze(
             expert.reset()
             recorder = EpisodeRecorder(observation, antmaze_info(observation, bool(info.get("success", False))))
     episodes.append(recorder.to_buffer(len(episodes), truncate_end=True))
+    circling = "" if recipe.stop_at_goal else " (circling its goal, as D4RL's ant did)"
     if progress is not None and steps % PROGRESS_EVERY:
         progress(steps % PROGRESS_EVERY)
     written = write_dataset(
@@ -198,8 +264,8 @@ def collect_antmaze(
         eval_spec,
         algorithm_name="QIteration waypoints + offtune CPG ant",
         description=(
-            f"Made like D4RL/antmaze/{recipe.dataset}-v1: Q-iteration waypoints walked by offtune's CPG "
-            f"goal-reaching ant, Gaussian action noise sigma={noise}; {steps} steps, seed {seed}."
+            f"Made like {recipe.made_like}: Q-iteration waypoints walked by offtune's CPG goal-reaching ant"
+            f"{circling}, Gaussian action noise sigma={noise}; {steps} steps, seed {seed}."
         ),
         force=force,
     )

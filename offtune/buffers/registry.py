@@ -112,16 +112,13 @@ def _build_registry() -> dict[str, RegistryEntry]:
         entries.append(
             RegistryEntry(f"antmaze-{maze}-v2", f"D4RL/antmaze/{maze}-v1", "antmaze", "d4rl", SUCCESS)
         )
-        entries.append(  # the same recipe with offtune's ant: `offtune dataset collect antmaze-...`
-            RegistryEntry(
-                f"offtune-antmaze-{maze}-v0",
-                f"offtune/antmaze/{maze}-v0",
-                "antmaze",
-                "d4rl",
-                SUCCESS,
-                collect_maze=maze,
+        for made in (maze, f"{maze}-d4rl"):  # offtune's ant, Minari's or D4RL's recipe: `dataset collect`
+            entries.append(
+                RegistryEntry(
+                    f"offtune-antmaze-{made}-v0", f"offtune/antmaze/{made}-v0", "antmaze", "d4rl", SUCCESS,
+                    collect_maze=made,
+                )
             )
-        )
     for env, (ref_min, ref_max) in LOCOMOTION_REFS.items():
         rule = d4rl_rule(ref_min, ref_max, env)
         for level in ("medium", "expert"):

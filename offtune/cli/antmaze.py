@@ -27,14 +27,16 @@ def goal_counts(summary: dict[str, Any]) -> dict[str, Any]:
     return antmaze_collect.goal_counts(summary["minari_id"])
 
 
-def handles(name: str | None, kind: str | None, gait_file: str | None) -> bool:
+def handles(name: str | None, kind: str | None, gait_file: str | None, generator: str | None) -> bool:
     """Whether ``dataset collect`` goes here: an AntMaze name, or an AntMaze-only option."""
-    return (name is not None and antmaze_collect.is_antmaze_name(name)) or kind is not None or gait_file is not None
+    is_antmaze = name is not None and antmaze_collect.is_antmaze_name(name)
+    return is_antmaze or any(option is not None for option in (kind, gait_file, generator))
 
 
 def collect(
     name: str | None,
     kind: str | None,
+    generator: str | None,
     gait_file: str | None,
     steps: int,
     seed: int,
@@ -44,14 +46,16 @@ def collect(
     other_source: bool,
     progress: Callable[[int, str], Any],
 ) -> None:
-    """``offtune dataset collect antmaze-umaze|medium|large [--kind play|diverse]``: the published recipe with
-    offtune's ant. ``other_source`` is set when --env, --policy or --random came too; ``progress(total,
-    label)`` is the collect command's progress bar."""
+    """``offtune dataset collect antmaze-umaze|medium|large [--kind play|diverse] [--generator minari|d4rl]``:
+    the published recipe with offtune's ant. ``other_source`` is set when --env, --policy or --random came
+    too; ``progress(total, label)`` is the collect command's progress bar."""
     if name is None or not antmaze_collect.is_antmaze_name(name):
-        raise OfftuneError("--kind and --gait are for AntMaze: `offtune dataset collect antmaze-umaze --kind diverse`")
+        raise OfftuneError(
+            "--kind, --generator and --gait are for AntMaze: `offtune dataset collect antmaze-umaze --kind diverse`"
+        )
     if other_source:
         raise OfftuneError(f"{name} is collected with offtune's maze expert; --env, --policy and --random do not apply")
-    recipe = antmaze_collect.recipe_for(name, kind)
+    recipe = antmaze_collect.recipe_for(name, kind, generator)
     gait = None if gait_file is None else Gait.load(gait_file)
     target = dataset_id or recipe.minari_id
     with progress(steps, target) as advance:
@@ -67,7 +71,7 @@ def collect(
         )
     counts = antmaze_collect.goal_counts(written.id)
     console.print(
-        f"[green]wrote[/] {written.id} (like D4RL/antmaze/{recipe.dataset}-v1): {written.total_episodes} episodes, "
+        f"[green]wrote[/] {written.id} (like {recipe.made_like}): {written.total_episodes} episodes, "
         f"{written.total_steps} steps in {datasets_root() / written.id}"
     )
     for key, value in counts.items():

@@ -126,12 +126,18 @@ def download(name: str) -> None:
 @click.option("--force", is_flag=True, help="Overwrite an existing dataset with the same id.")
 @click.option("--kind", type=click.Choice(["play", "diverse"]), help="AntMaze: the published dataset kind.")
 @click.option("--gait", type=click.Path(dir_okay=False), help="AntMaze: a train-controller gait (default: shipped).")
-def collect(name, env_id, policy, random_actions, steps, seed, noise, dataset_id, force, kind, gait) -> None:
+@click.option(
+    "--generator",
+    type=click.Choice(["minari", "d4rl"]),
+    help="AntMaze: copy Minari's port (default) or D4RL's original generator (hand-picked goals, an ant that "
+    "circles its goal: the data the papers trained on).",
+)
+def collect(name, env_id, policy, random_actions, steps, seed, noise, dataset_id, force, kind, gait, generator) -> None:
     """Write a Minari dataset: `collect pointmaze-umaze` (planner + PD controller, like D4RL's), or
     `collect --env Hopper-v5 --policy model.zip` / `--random`."""
-    if antmaze.handles(name, kind, gait):
+    if antmaze.handles(name, kind, gait, generator):
         other_source = bool(env_id or policy or random_actions)
-        antmaze.collect(name, kind, gait, steps, seed, noise, dataset_id, force, other_source, _progress)
+        antmaze.collect(name, kind, generator, gait, steps, seed, noise, dataset_id, force, other_source, _progress)
         return
     if name is not None:
         entry = registry.resolve(name)
