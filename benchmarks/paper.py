@@ -11,7 +11,9 @@ reference only: the papers used D4RL's data, ant and simulator, so the numbers d
     python benchmarks/paper.py --budget paper     # the papers' 1M + 1M on all six datasets (GPU or Ray cluster)
 
 Any budget value can be changed (``--seeds 0,1``, ``--datasets umaze,medium-play``, ``--pretrain-steps``, ...);
-``--published`` uses the published D4RL/antmaze data (local or ``--download``) instead of collecting.
+``--generator d4rl`` collects the way D4RL's own generator made the papers' data (hand-picked goal cells, an
+ant that circles its goal) instead of Minari's port; ``--published`` uses the published D4RL/antmaze data
+(local or ``--download``) instead of collecting.
 """
 
 from __future__ import annotations
@@ -74,20 +76,25 @@ def _offtune(*args: str) -> None:
         sys.exit(f"`offtune {' '.join(args)}` failed (exit code {completed.returncode})")
 
 
-def dataset_names(budget: Budget, published: bool) -> list[str]:
+def _recipe(name: str, generator: str) -> antmaze_collect.AntMazeRecipe:
+    return antmaze_collect.recipe_for(f"antmaze-{name}", generator=generator)
+
+
+def dataset_names(budget: Budget, published: bool, generator: str = "minari") -> list[str]:
     """The names the sweep trains on: offtune's collected datasets, or the published D4RL ones."""
     if published:
         return [f"antmaze-{name}-v2" for name in budget.datasets]
-    return [antmaze_collect.RECIPES[name].minari_id for name in budget.datasets]
+    return [_recipe(name, generator).minari_id for name in budget.datasets]
 
 
-def ensure_datasets(budget: Budget, seed: int) -> None:
+def ensure_datasets(budget: Budget, seed: int, generator: str = "minari") -> None:
     """Collect every dataset the budget needs that is not local yet."""
     for name in budget.datasets:
-        recipe = antmaze_collect.RECIPES[name]
+        recipe = _recipe(name, generator)
         if recipe.minari_id not in local_ids():
-            print(f"collecting {recipe.minari_id}: {budget.dataset_steps:,} steps like D4RL/antmaze/{name}-v1")
-            _offtune("dataset", "collect", f"antmaze-{name}", "--steps", str(budget.dataset_steps), "--seed", str(seed))
+            print(f"collecting {recipe.minari_id}: {budget.dataset_steps:,} steps like {recipe.made_like}")
+            _offtune("dataset", "collect", f"antmaze-{name}", "--generator", generator,
+                     "--steps", str(budget.dataset_steps), "--seed", str(seed))
 
 
 def write_plan(budget: Budget, algos: list[str], datasets: list[str], out: Path) -> Path:
@@ -135,6 +142,8 @@ def main() -> None:
     parser.add_argument("--pretrain-steps", type=int, default=None)
     parser.add_argument("--finetune-steps", type=int, default=None)
     parser.add_argument("--collect-seed", type=int, default=0, help="Seed of the dataset collection.")
+    parser.add_argument("--generator", choices=antmaze_collect.GENERATORS, default="minari",
+                        help="Collect like Minari's port (default) or like D4RL's own generator.")
     parser.add_argument("--published", action="store_true", help="Train on the published D4RL/antmaze data.")
     parser.add_argument("--download", action="store_true", help="With --published: download missing datasets.")
     parser.add_argument("--sequential", action="store_true", help="No Ray: one run after another here.")
@@ -159,8 +168,8 @@ def main() -> None:
     out = Path(args.out or f"runs/paper-{args.budget}")
 
     if not args.published:
-        ensure_datasets(budget, args.collect_seed)
-    plan = write_plan(budget, algos, dataset_names(budget, args.published), out)
+        ensure_datasets(budget, args.collect_seed, args.generator)
+    plan = write_plan(budget, algos, dataset_names(budget, args.published, args.generator), out)
     print(f"sweep plan: {plan}")
     _offtune("sweep", "--config", str(plan), *(["--sequential"] if args.sequential else []),
              *(["--download"] if args.download else []))
