@@ -78,9 +78,9 @@ class AntMazeRecipe:
     @property
     def made_like(self) -> str:
         """The published dataset this recipe copies: Minari's port, or D4RL's original for the d4rl generator."""
-        if self.stop_at_goal:
-            return f"D4RL/antmaze/{self.dataset}-v1"
-        return f"D4RL's antmaze-{self.dataset.removesuffix('-d4rl')}-v2"
+        if self.dataset.endswith("-d4rl"):
+            return f"D4RL's antmaze-{self.dataset.removesuffix('-d4rl')}-v2"
+        return f"D4RL/antmaze/{self.dataset}-v1"
 
 
 RECIPES = {
