@@ -27,10 +27,10 @@ def goal_counts(summary: dict[str, Any]) -> dict[str, Any]:
     return antmaze_collect.goal_counts(summary["minari_id"])
 
 
-def handles(name: str | None, kind: str | None, gait_file: str | None, generator: str | None) -> bool:
+def handles(name: str | None, kind: str | None, generator: str | None, gait_file: str | None) -> bool:
     """Whether ``dataset collect`` goes here: an AntMaze name, or an AntMaze-only option."""
     is_antmaze = name is not None and antmaze_collect.is_antmaze_name(name)
-    return is_antmaze or any(option is not None for option in (kind, gait_file, generator))
+    return is_antmaze or any(option is not None for option in (kind, generator, gait_file))
 
 
 def collect(

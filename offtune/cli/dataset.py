@@ -11,8 +11,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from offtune.buffers import antmaze_collect, datasets, registry, sources, storage
 from offtune.buffers import collect as collectors
-from offtune.buffers import datasets, registry, sources, storage
 from offtune.cli import antmaze
 from offtune.errors import OfftuneError
 from offtune.finetune.runtime import SEED_RANGE
@@ -124,18 +124,18 @@ def download(name: str) -> None:
 )
 @click.option("--id", "dataset_id", help="Minari id to write (default: offtune/<env>/<kind>-v0).")
 @click.option("--force", is_flag=True, help="Overwrite an existing dataset with the same id.")
-@click.option("--kind", type=click.Choice(["play", "diverse"]), help="AntMaze: the published dataset kind.")
+@click.option("--kind", type=click.Choice(antmaze_collect.KINDS), help="AntMaze: the published dataset kind.")
 @click.option("--gait", type=click.Path(dir_okay=False), help="AntMaze: a train-controller gait (default: shipped).")
 @click.option(
     "--generator",
-    type=click.Choice(["minari", "d4rl"]),
+    type=click.Choice(antmaze_collect.GENERATORS),
     help="AntMaze: copy Minari's port (default) or D4RL's original generator (hand-picked goals, an ant that "
     "circles its goal: the data the papers trained on).",
 )
 def collect(name, env_id, policy, random_actions, steps, seed, noise, dataset_id, force, kind, gait, generator) -> None:
     """Write a Minari dataset: `collect pointmaze-umaze` (planner + PD controller, like D4RL's), or
     `collect --env Hopper-v5 --policy model.zip` / `--random`."""
-    if antmaze.handles(name, kind, gait, generator):
+    if antmaze.handles(name, kind, generator, gait):
         other_source = bool(env_id or policy or random_actions)
         antmaze.collect(name, kind, generator, gait, steps, seed, noise, dataset_id, force, other_source, _progress)
         return
