@@ -180,8 +180,9 @@ def test_pretrain_killed_at_random_moments_and_mid_save_resumes_to_an_uninterrup
     since = time.time()
     process = offtune_process("pretrain", "--resume", run)
     stopped, errors = stop_when(process, started(run, since, rng.uniform(0.0, 0.5)), triple_ctrl_c)
-    if stopped:
-        assert process.returncode == 130 and "Traceback" not in errors, errors
+    if stopped:  # a Ctrl-C that lands as the last update finishes may find nothing left to stop
+        finished = process.returncode == 0 and (run / "checkpoints" / "final.pt").exists()
+        assert (process.returncode == 130 or finished) and "Traceback" not in errors, errors
     finish(offtune_process("pretrain", "--resume", run))
 
     assert_same_agent(whole.checkpoint, run / "checkpoints" / "final.pt")
