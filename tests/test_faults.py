@@ -195,10 +195,9 @@ def test_triple_ctrl_c_exits_130_without_a_traceback(pointmaze_dataset, tmp_path
     since = time.time()
     process = offtune_process("pretrain", "iql", pointmaze_dataset, "--steps", 5000, "--eval-episodes", 1,
                               "--out", run, "--device", "cpu", *as_sets(TINY))
-    def updating() -> bool:  # the first metrics row: past loading and compiling, inside the update loop
-        return started(run, since, 0.0)() and (run / "metrics.jsonl").exists()
-
-    while process.poll() is None and not updating():
+    opened = started(run, since, 0.0)
+    # wait for the first metrics row: past loading and compiling, inside the update loop
+    while process.poll() is None and not (opened() and (run / "metrics.jsonl").exists()):
         time.sleep(0.002)
     for _ in range(3):
         process.send_signal(signal.SIGINT)
