@@ -45,6 +45,7 @@ MISA = "offtune/policies/misa.py"
 HMC = "offtune/policies/hmc.py"
 TRANSFORMS = "offtune/buffers/transforms.py"
 ANT = "offtune/buffers/ant_controller.py"
+ANT_TRAINING = "offtune/buffers/ant_training.py"
 STEPS = "offtune/policies/steps.py"
 IQL_TESTS = ("tests/test_iql.py",)
 MISA_TESTS = ("tests/test_misa.py",)
@@ -53,6 +54,9 @@ SPOT_TESTS = ("tests/test_spot_by_hand.py", "tests/test_spot.py")
 TRANSFORM_TESTS = ("tests/test_transforms.py",)
 ANT_TESTS = ("tests/test_antmaze.py::test_ant_reads_the_phase_from_its_legs",
              "tests/test_antmaze.py::test_shipped_ant_walks_to_a_goal_in_a_real_antmaze_env")
+PHASE_LEAD_TESTS = (
+    "tests/test_antmaze.py::test_phase_lead_is_picked_by_reach_rate_then_steps_and_changes_nothing_else",
+)
 # The compiled update's Adam, against torch's on eps-sized gradients too (the whole-update equivalence test
 # compiles for a minute; this one runs the same math eagerly in a second).
 STEPS_TESTS = ("tests/test_compiled_update.py::test_compiled_adam_step_is_torch_adam",)
@@ -80,6 +84,10 @@ def steps(name: str, original: str, replacement: str) -> Mutation:
 
 def ant(name: str, original: str, replacement: str) -> Mutation:
     return Mutation(f"ant: {name}", ANT, original, replacement, ANT_TESTS)
+
+
+def phase_lead(name: str, original: str, replacement: str) -> Mutation:
+    return Mutation(f"ant search: {name}", ANT_TRAINING, original, replacement, PHASE_LEAD_TESTS)
 
 
 def transform(name: str, original: str, replacement: str) -> Mutation:
@@ -266,6 +274,12 @@ MUTATIONS: tuple[Mutation, ...] = (
         "sine[1::2] = ANKLE_SIGN * (self.ankle_amplitude * np.sin("),
     ant("no phase lead", "phase = self._phase_of_legs(ant_observation, offset, sine, cosine) + self.phase_lead",
         "phase = self._phase_of_legs(ant_observation, offset, sine, cosine)"),
+    phase_lead("fewest goals reached wins", "key=lambda lead: (reports[lead].rate,",
+               "key=lambda lead: (-reports[lead].rate,"),
+    phase_lead("slowest wins a tie", "-(reports[lead].median_steps or math.inf)",
+               "(reports[lead].median_steps or 0.0)"),
+    phase_lead("the lead is not set", "unit[SEARCHED:] = (lead - parameter.low) / (parameter.high - parameter.low)",
+               "unit[SEARCHED:] = unit[SEARCHED:]"),
 )
 
 

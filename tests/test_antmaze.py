@@ -110,7 +110,7 @@ def _stop_after_first_generation(line: str) -> None:
 
 def test_training_resumes_exactly(tmp_path, monkeypatch):
     """A run stopped after its first generation and resumed ends where an uninterrupted run does."""
-    for name, value in (("SEGMENT_STEPS", 10), ("REACH_LIMIT", 12), ("VALIDATION_EPISODES", 1)):
+    for name, value in (("SEGMENT_STEPS", 10), ("REACH_LIMIT", 12), ("VALIDATION_EPISODES", 1), ("LEAD_TRIALS", 1)):
         monkeypatch.setattr(ant_training, name, value)
     budget = 2 * ant_training.POPULATION * ant_training.GOALS_PER_EPISODE * 10
     ant_training.train_controller(tmp_path / "straight", budget=budget, log=lambda line: None)
@@ -123,7 +123,31 @@ def test_training_resumes_exactly(tmp_path, monkeypatch):
     for state in (straight, split):
         del state["progress"]["seconds"]
     assert straight == split and straight["search"]["generation"] == 2
-    assert Gait.load(tmp_path / "split" / "gait.json").unit.tolist() == straight["progress"]["best_unit"]
+    written = Gait.load(tmp_path / "split" / "gait.json")
+    assert np.array_equal(written.unit, Gait.load(tmp_path / "straight" / "gait.json").unit)
+    best = ant_training.searched_gait(np.asarray(straight["progress"]["best_unit"]))
+    assert np.array_equal(written.unit[: ant_training.SEARCHED], best.unit[: ant_training.SEARCHED])
+    assert any(math.isclose(written.values()["phase_lead"][0], lead) for lead in ant_training.PHASE_LEADS)
+
+
+def test_the_search_walks_the_shipped_gait_on_a_clock():
+    """The clocked form the search tunes reaches goals 2-4 m away on the bare floor under the collector's noise."""
+    arena = ant_training.AntArena()
+    episode = ant_training.Episode.draw(np.random.default_rng(0))
+    _, reached_at, _ = ant_training.walk(Gait.load(), arena, episode, ant_training.REACH_LIMIT)
+    assert sum(at is not None for at in reached_at) >= 3
+
+
+def test_phase_lead_is_picked_by_reach_rate_then_steps_and_changes_nothing_else():
+    shipped = Gait.load()
+    assert np.array_equal(ant_training.with_phase_lead(shipped, 1.5).unit, shipped.unit)
+    lines: list[str] = []
+    lead, reports = ant_training.pick_phase_lead(shipped, seed=0, log=lines.append, trials=3)
+    assert reports[0.5].reached == 0 and reports[lead].reached == 3
+    fastest = min(r.median_steps for r in reports.values() if r.reached == 3)
+    assert reports[lead].median_steps == fastest and lines[-1] == f"phase lead {lead:.2f} rad kept"
+    other = ant_training.with_phase_lead(shipped, 0.5)
+    assert np.array_equal(other.unit[: ant_training.SEARCHED], shipped.unit[: ant_training.SEARCHED])
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,8 @@ The published AntMaze data were made by a SAC policy trained for 30M steps (Mina
 cannot be downloaded here and which a 2-core CPU cannot retrain. The low-level controller that offtune's
 AntMaze collector uses instead is a central pattern generator (CPG): every leg's hip and ankle follow
 sinusoids of one shared phase, and a PD law turns those joint targets into the env's torques. About forty
-numbers describe it, few enough for CMA-ES to tune in an hour (:mod:`offtune.buffers.ant_training`).
+numbers describe it, few enough for CMA-ES to tune in an hour (:mod:`offtune.buffers.ant_training`, which
+walks the gait on a clock, :class:`ClockedAnt`, and sets ``phase_lead`` after the search).
 
 The controller keeps no state: its action is a function of the observation and the target alone, like the
 SAC policy that wrote the published data. This matters for the datasets: an offline learner sees only the
@@ -46,6 +47,8 @@ JOINT_VELOCITIES = slice(19, 27)
 ANKLE_SIGN = np.array([1.0, -1.0, -1.0, 1.0])
 # Position of each joint (observation order) in the action vector.
 ACTUATOR_ORDER = np.array([6, 7, 0, 1, 2, 3, 4, 5])
+CONTROL_DT = 0.05  # AntMaze's step: MuJoCo timestep 0.01 x frame_skip 5
+HYSTERESIS = 0.3  # radians past 45 degrees before the clocked ant changes gait copy
 SHIPPED = "goal_reaching_ant.json"
 
 
@@ -151,7 +154,8 @@ def _wrap(angle: float) -> float:
 
 
 class GoalReachingAnt:
-    """The gait steered toward a target: a function of the observation and the target, with no state."""
+    """The gait steered toward a target: a function of the observation and the target, with no state
+    (its subclass :class:`ClockedAnt`, the search's form of the gait, keeps a phase)."""
 
     def __init__(self, gait: Gait | None = None) -> None:
         gait = gait or Gait.load()
@@ -217,3 +221,47 @@ class GoalReachingAnt:
         """``act`` on an AntMaze observation dict; the target defaults to its ``desired_goal``."""
         goal = observation["desired_goal"] if target is None else target
         return self.act(observation["observation"], observation["achieved_goal"], goal, final)
+
+
+class ClockedAnt(GoalReachingAnt):
+    """The same gait on a clock (an open-loop CPG): the form the gait search tunes it in.
+
+    The phase advances by the gait's frequency every step, and the gait copy changes only ``HYSTERESIS``
+    past 45 degrees, so a candidate strides the same way whatever its legs do; ``phase_lead`` is unused (the
+    search sets it afterwards, for :class:`GoalReachingAnt`). It keeps a phase and a copy: one per episode.
+    """
+
+    def __init__(self, gait: Gait | None = None) -> None:
+        gait = gait or Gait.load()
+        super().__init__(gait)
+        # As the shipped gait's search computed it; an equal expression can round differently.
+        self.omega = 2.0 * math.pi * float(gait.values()["frequency"][0]) * CONTROL_DT
+        self.phase = 0.0
+        self.copy = 0
+
+    def _steer_held(self, bearing: float) -> float:
+        """Keep the gait copy unless ``bearing`` is past 45 degrees plus the margin; the heading error left."""
+        error = _wrap(bearing - self.heading - self.copy * math.pi / 2)
+        if abs(error) > math.pi / 4 + HYSTERESIS:
+            self.copy = round((bearing - self.heading) / (math.pi / 2)) % 4
+            error = _wrap(bearing - self.heading - self.copy * math.pi / 2)
+        return error
+
+    def act(self, ant_observation: np.ndarray, position: np.ndarray, target: np.ndarray, final: bool = True):
+        offset = target - position
+        distance = math.hypot(offset[0], offset[1])
+        bearing = math.atan2(offset[1], offset[0]) - heading_of(ant_observation[1:5])
+        turn = min(1.0, max(-1.0, self.turn_gain * self._steer_held(bearing)))
+        speed = min(1.0, max(self.min_speed, distance / self.slow_radius)) if final else 1.0
+        self.phase += self.omega
+        hip = self.hip_offset + speed * (
+            self.hip_amplitude * np.sin(self.phase + self.hip_phase)
+            + turn * self.turn_amplitude * np.sin(self.phase + self.turn_phase)
+        )
+        ankle = self.ankle_offset + speed * self.ankle_amplitude * np.sin(self.phase + self.ankle_phase)
+        roles = self.roles[self.copy]
+        joint_target = np.empty(8)
+        joint_target[0::2] = hip[roles]
+        joint_target[1::2] = ANKLE_SIGN * ankle[roles]
+        torque = self.kp * (joint_target - ant_observation[JOINTS]) - self.kd * ant_observation[JOINT_VELOCITIES]
+        return np.clip(torque[ACTUATOR_ORDER], -1.0, 1.0).astype(np.float32)

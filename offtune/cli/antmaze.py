@@ -87,16 +87,18 @@ def collect(
     type=click.IntRange(min=1),
     default=4_000_000,
     show_default=True,
-    help="Env steps in all, validation included (about 4 minutes of one free core per million).",
+    help="Env steps of the search, validation included (about 4 minutes of one free core per million); "
+    "the phase-lead pick at the end adds up to 80,000.",
 )
 @click.option("--resume", is_flag=True, help="Continue the run in --out (up to --budget steps in all).")
 def train_controller(robot: str, out: str, seed: int, budget: int, resume: bool) -> None:
     """Tune the goal-reaching ant's gait (CPG + PD joints) with CMA-ES, from scratch and reproducibly.
 
-    One log line per generation (also in OUT/progress.jsonl); OUT/checkpoint.json is rewritten after each,
-    so Ctrl-C loses at most one generation and --resume continues exactly. OUT/gait.json is the gait to use:
-    `offtune dataset collect antmaze-umaze --gait OUT/gait.json`, or copy it over
-    offtune/buffers/data/goal_reaching_ant.json to ship it.
+    The search walks the gait on a clock; at the end the phase lead for reading the phase from the legs is
+    picked by reach rate (about a minute). One log line per generation (also in OUT/progress.jsonl);
+    OUT/checkpoint.json is rewritten after each, so Ctrl-C loses at most one generation and --resume continues
+    exactly. OUT/gait.json, written at the end, is the gait to use: `offtune dataset collect antmaze-umaze
+    --gait OUT/gait.json`, or copy it over offtune/buffers/data/goal_reaching_ant.json to ship it.
     """
     path = ant_training.train_controller(out, seed=seed, budget=budget, resume=resume, log=click.echo)
     console.print(f"[green]gait[/] {path}; measure it with `offtune dataset controller-report --gait {path}`")
