@@ -199,18 +199,26 @@ class GoalReachingAnt:
         velocity = ant_observation[JOINT_VELOCITIES] * self.velocity_scale
         return math.atan2(sine @ angle - cosine @ velocity, cosine @ angle + sine @ velocity)
 
+    def _bearing_and_speed(
+        self, ant_observation: np.ndarray, position: np.ndarray, target: np.ndarray, final: bool
+    ) -> tuple[float, float]:
+        """The target's direction in the body frame, and the share of the stride to walk at (slower near a
+        final target)."""
+        offset_to_target = target - position
+        distance = math.hypot(offset_to_target[0], offset_to_target[1])
+        bearing = math.atan2(offset_to_target[1], offset_to_target[0]) - heading_of(ant_observation[1:5])
+        speed = min(1.0, max(self.min_speed, distance / self.slow_radius)) if final else 1.0
+        return bearing, speed
+
     def act(self, ant_observation: np.ndarray, position: np.ndarray, target: np.ndarray, final: bool = True):
         """Torques (env action, float32) that walk the ant at ``position`` toward ``target``.
 
         ``final`` slows the gait within ``slow_radius`` of the target, so the ant stays at a goal; waypoints
         on the way pass ``final=False`` and are walked through at full stride.
         """
-        offset_to_target = target - position
-        distance = math.hypot(offset_to_target[0], offset_to_target[1])
-        bearing = math.atan2(offset_to_target[1], offset_to_target[0]) - heading_of(ant_observation[1:5])
+        bearing, speed = self._bearing_and_speed(ant_observation, position, target, final)
         copy, heading_error = self._steer(bearing)
         turn = min(1.0, max(-1.0, self.turn_gain * heading_error))
-        speed = min(1.0, max(self.min_speed, distance / self.slow_radius)) if final else 1.0
         offset, sine, cosine = self._pattern(copy, turn, speed)
         phase = self._phase_of_legs(ant_observation, offset, sine, cosine) + self.phase_lead
         joint_target = offset + sine * math.sin(phase) + cosine * math.cos(phase)
@@ -248,11 +256,8 @@ class ClockedAnt(GoalReachingAnt):
         return error
 
     def act(self, ant_observation: np.ndarray, position: np.ndarray, target: np.ndarray, final: bool = True):
-        offset = target - position
-        distance = math.hypot(offset[0], offset[1])
-        bearing = math.atan2(offset[1], offset[0]) - heading_of(ant_observation[1:5])
+        bearing, speed = self._bearing_and_speed(ant_observation, position, target, final)
         turn = min(1.0, max(-1.0, self.turn_gain * self._steer_held(bearing)))
-        speed = min(1.0, max(self.min_speed, distance / self.slow_radius)) if final else 1.0
         self.phase += self.omega
         hip = self.hip_offset + speed * (
             self.hip_amplitude * np.sin(self.phase + self.hip_phase)

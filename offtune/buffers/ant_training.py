@@ -88,6 +88,7 @@ START_GAIT = dict(
     min_speed=0.3,
     phase_lead=1.5,
 )
+START_UNIT = Gait.from_values(**START_GAIT).unit
 
 
 class AntArena:
@@ -321,7 +322,7 @@ def train_controller(
             log(f"resuming with the run's own seed {progress.seed} (not {seed})")
     else:
         progress = Progress(seed=seed, budget=budget)
-        search = CMAES(Gait.from_values(**START_GAIT).unit[:SEARCHED], START_SIGMA)
+        search = CMAES(START_UNIT[:SEARCHED], START_SIGMA)
     arena = AntArena()
     with open(out / LOG_FILE, "a") as log_file:
         while progress.steps < progress.budget:
@@ -364,7 +365,7 @@ def train_controller(
 
 def searched_gait(unit: np.ndarray) -> Gait:
     """The gait at a point of the search (``SEARCHED`` numbers); ``phase_lead`` stays at the start's."""
-    return Gait.from_unit(np.concatenate([unit, Gait.from_values(**START_GAIT).unit[SEARCHED:]]))
+    return Gait.from_unit(np.concatenate([unit, START_UNIT[SEARCHED:]]))
 
 
 def with_phase_lead(gait: Gait, lead: float) -> Gait:
