@@ -120,7 +120,8 @@ def download(name: str) -> None:
     "--noise",
     type=_FiniteNonNegative(),
     default=None,
-    help="Gaussian action noise sigma [default: 0.5 for mazes, 0.1 x half the action range for policies].",
+    help="Gaussian action noise sigma [default: 0.5 for PointMaze, 0.2 for AntMaze as D4RL and Minari, "
+         "0.1 x half the action range for policies].",
 )
 @click.option("--id", "dataset_id", help="Minari id to write (default: offtune/<env>/<kind>-v0).")
 @click.option("--force", is_flag=True, help="Overwrite an existing dataset with the same id.")

@@ -30,8 +30,8 @@ PRECISION = click.option(
 )
 COMPILE = click.option(
     "--compile", "compile_mode", type=click.Choice(trainer.COMPILE_MODES, case_sensitive=False), default=None,
-    help=f"Run each update as one torch.compile'd graph: auto (default) = on for IQL and SPOT when the phase has "
-         f"at least {trainer.AUTO_COMPILE_UPDATES:,} updates; on; off = eager. --resume keeps the run's unless given.",
+    help=f"Run each update as one torch.compile'd graph: auto (default) = on when the phase has at least "
+         f"{trainer.AUTO_COMPILE_UPDATES:,} updates; on; off = eager. --resume keeps the run's unless given.",
 )
 SEED_TYPE = click.IntRange(*SEED_RANGE)
 SEED = click.option("--seed", default=0, show_default=True, type=SEED_TYPE)
