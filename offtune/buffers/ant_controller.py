@@ -222,6 +222,10 @@ class GoalReachingAnt:
         offset, sine, cosine = self._pattern(copy, turn, speed)
         phase = self._phase_of_legs(ant_observation, offset, sine, cosine) + self.phase_lead
         joint_target = offset + sine * math.sin(phase) + cosine * math.cos(phase)
+        return self._pd_torque(ant_observation, joint_target)
+
+    def _pd_torque(self, ant_observation: np.ndarray, joint_target: np.ndarray) -> np.ndarray:
+        """The PD law's torques toward ``joint_target`` (observation order), as the env's clipped float32 action."""
         torque = self.kp * (joint_target - ant_observation[JOINTS]) - self.kd * ant_observation[JOINT_VELOCITIES]
         return np.clip(torque[ACTUATOR_ORDER], -1.0, 1.0).astype(np.float32)
 
@@ -251,8 +255,7 @@ class ClockedAnt(GoalReachingAnt):
         """Keep the gait copy unless ``bearing`` is past 45 degrees plus the margin; the heading error left."""
         error = _wrap(bearing - self.heading - self.copy * math.pi / 2)
         if abs(error) > math.pi / 4 + HYSTERESIS:
-            self.copy = round((bearing - self.heading) / (math.pi / 2)) % 4
-            error = _wrap(bearing - self.heading - self.copy * math.pi / 2)
+            self.copy, error = self._steer(bearing)
         return error
 
     def act(self, ant_observation: np.ndarray, position: np.ndarray, target: np.ndarray, final: bool = True):
@@ -268,5 +271,4 @@ class ClockedAnt(GoalReachingAnt):
         joint_target = np.empty(8)
         joint_target[0::2] = hip[roles]
         joint_target[1::2] = ANKLE_SIGN * ankle[roles]
-        torque = self.kp * (joint_target - ant_observation[JOINTS]) - self.kd * ant_observation[JOINT_VELOCITIES]
-        return np.clip(torque[ACTUATOR_ORDER], -1.0, 1.0).astype(np.float32)
+        return self._pd_torque(ant_observation, joint_target)
